@@ -1,0 +1,3 @@
+from ferro_proxy.cli import main
+
+raise SystemExit(main())

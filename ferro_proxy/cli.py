@@ -1,0 +1,92 @@
+"""The `ferro-proxy` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+
+from ferro_proxy import __version__
+from ferro_proxy.config import ConfigError, GatewayConfig, load_config
+
+# Other parts add sub-commands: fn(subparsers) registering a parser with set_defaults(func=...)
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _load(path: str | None) -> GatewayConfig:
+    return load_config(path) if path else GatewayConfig()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ferro_proxy.jsonlog import setup_logging
+    from ferro_proxy.server import serve_forever
+
+    setup_logging(os.environ.get("LOG_LEVEL", "info"))
+    path = args.config or os.environ.get("GATEWAY_CONFIG") or None
+    try:
+        config = _load(path)
+        return asyncio.run(
+            serve_forever(
+                config,
+                listen=args.listen or os.environ.get("FERRO_LISTEN") or "127.0.0.1:8080",
+                admin_listen=args.admin_listen or os.environ.get("FERRO_ADMIN_LISTEN") or "127.0.0.1:8081",
+                drain_seconds=args.drain_seconds,
+                config_source=path,
+            )
+        )
+    except ConfigError as exc:
+        print(f"ferro-proxy: invalid config{f' {exc.source}' if exc.source else ''}:", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  - {line}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ferro-proxy: cannot listen: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ferro_proxy.validate import validate_file
+
+    errors = validate_file(args.file)
+    if errors:
+        print(f"{args.file}: {len(errors)} error(s)")
+        for line in errors:
+            print(f"  - {line}")
+        return 1
+    print(f"{args.file}: ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferro-proxy", description="OpenAI-compatible AI gateway sidecar")
+    parser.add_argument("--version", action="version", version=f"ferro-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML or JSON config file (env GATEWAY_CONFIG)")
+    serve.add_argument("--listen", help="proxy listener HOST:PORT (env FERRO_LISTEN, default 127.0.0.1:8080)")
+    serve.add_argument(
+        "--admin-listen", help="admin listener HOST:PORT (env FERRO_ADMIN_LISTEN, default 127.0.0.1:8081)"
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=float(os.environ.get("FERRO_DRAIN_SECONDS", "20")),
+        help="on SIGTERM, how long in-flight requests may take to finish (default 20)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    validate = sub.add_parser("validate", help="check a config file and list every error")
+    validate.add_argument("file")
+    validate.set_defaults(func=cmd_validate)
+
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,193 @@
+"""The gateway's live state: the current config and everything built from it.
+
+A `Runtime` is one config version made concrete: providers, the filter chain, the router.
+Requests take the runtime current when they arrive and keep it to the end, so a reload
+(`Gateway.apply`) swaps in a new runtime atomically while in-flight requests finish on the
+old one. Providers and filters whose settings did not change are carried over, keeping
+their connection pools and state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ferro_proxy.chain import Chain, Filter, build_filters
+from ferro_proxy.config import ConfigError, GatewayConfig
+from ferro_proxy.metrics import Metrics
+from providers.base import Provider
+from providers.catalog import Catalog, load_catalog
+from providers.registry import build_providers, unknown_provider_names
+
+log = logging.getLogger("ferro_proxy.gateway")
+
+
+class Runtime:
+    def __init__(self, config: GatewayConfig, providers: dict[str, Provider], chain: Chain) -> None:
+        self.config = config
+        self.providers = providers
+        self.chain = chain
+        self.active = 0
+        self.retired = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float | None = None) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+class Gateway:
+    """Process-wide state shared by the proxy and admin listeners."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, metrics: Metrics | None = None) -> None:
+        self.env: Mapping[str, str] = dict(os.environ if env is None else env)
+        self.metrics = metrics or Metrics()
+        self.catalog: Catalog | None = None
+        self._catalog_source: str | None = "<unset>"
+        self.runtime: Runtime | None = None
+        self.state: dict[str, Any] = {}  # survives reloads: breaker states, latency stats ...
+        self.services: dict[str, Any] = {}  # shared helpers later parts register (stores, mcp ...)
+        self.on_apply: list[Callable[[GatewayConfig], Any]] = []
+        self.config_source: str | None = None
+        self.draining = False
+        self.in_flight = 0
+        self._apply_lock = asyncio.Lock()
+
+    # -------------------------------------------------------------- views
+
+    @property
+    def config(self) -> GatewayConfig:
+        assert self.runtime is not None, "gateway not started"
+        return self.runtime.config
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        assert self.runtime is not None, "gateway not started"
+        return self.runtime.providers
+
+    # -------------------------------------------------------------- building
+
+    def _catalog_for(self, config: GatewayConfig) -> Catalog:
+        source = config.model_catalog or self.env.get("FERRO_MODEL_CATALOG") or None
+        if self.catalog is None or source != self._catalog_source:
+            try:
+                self.catalog = load_catalog(source)
+            except (OSError, ValueError) as exc:
+                raise ConfigError([f"model_catalog: cannot load {source}: {exc}"]) from None
+            self._catalog_source = source
+        return self.catalog
+
+    async def build_runtime(self, config: GatewayConfig) -> Runtime:
+        """Build (and start) everything a config needs; raise ConfigError if it cannot be used."""
+        problems = unknown_provider_names(config)
+        if problems:
+            raise ConfigError(problems)
+        previous = self.runtime
+        catalog_before = self.catalog
+        self._catalog_for(config)
+        providers = build_providers(config, self.env, self)
+        if previous is not None:  # keep pools of unchanged providers
+            for name, provider in list(providers.items()):
+                old = previous.providers.get(name)
+                if old is not None and old.settings == provider.settings:
+                    providers[name] = old
+        old_by_plugin: dict[Any, Filter] = {}
+        if previous is not None:
+            for f in previous.chain.filters:
+                if f.plugin is not None:
+                    old_by_plugin.setdefault(f.plugin, f)
+        holder = _PendingRuntime(config, providers)
+        self_runtime = self.runtime
+        self.runtime = holder  # filters read gateway.config while they are built
+        try:
+            fresh = build_filters(config.plugins, self)
+            filters = []
+            for f in fresh:
+                reused = old_by_plugin.pop(f.plugin, None) if f.plugin is not None else None
+                filters.append(reused or f)
+            from filters.router import Router
+
+            router = Router(None, self)
+            chain = Chain(filters, router)
+            runtime = Runtime(config, providers, chain)
+            for f in filters:
+                if f not in (previous.chain.filters if previous else ()):
+                    await f.start()
+            await router.start()
+        except BaseException:
+            self.runtime = self_runtime
+            self.catalog = catalog_before
+            raise
+        self.runtime = self_runtime
+        return runtime
+
+    async def apply(self, config: GatewayConfig, *, actor: str = "system") -> Runtime:
+        """Make `config` current. On any error the running config stays as it was."""
+        async with self._apply_lock:
+            old = self.runtime
+            runtime = await self.build_runtime(config)
+            self.runtime = runtime
+            for hook in self.on_apply:
+                result = hook(config)
+                if asyncio.iscoroutine(result):
+                    await result
+            if old is not None:
+                asyncio.get_running_loop().create_task(self._retire(old, runtime))
+            log.info(
+                "config applied", extra={"fields": {"actor": actor, "providers": sorted(runtime.providers)}}
+            )
+            return runtime
+
+    async def _retire(self, old: Runtime, new: Runtime) -> None:
+        old.retired = True
+        await old.wait_idle(timeout=self.config.request_timeout)
+        kept_filters = set(map(id, new.chain.filters))
+        for f in old.chain.filters:
+            if id(f) not in kept_filters:
+                try:
+                    await f.close()
+                except Exception:
+                    log.exception("closing filter %s", f.label)
+        kept = set(map(id, new.providers.values()))
+        for provider in old.providers.values():
+            if id(provider) not in kept:
+                await provider.close()
+
+    async def close(self) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            return
+        await runtime.chain.close()
+        for provider in runtime.providers.values():
+            await provider.close()
+        for service in list(self.services.values()):
+            closer = getattr(service, "close", None)
+            if closer is not None:
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+
+
+class _PendingRuntime(Runtime):
+    """The runtime being built: enough for filters that read config or providers in __init__."""
+
+    def __init__(self, config: GatewayConfig, providers: dict[str, Provider]) -> None:
+        self.config = config
+        self.providers = providers
+        self.chain = Chain([], Filter(None, None))  # type: ignore[arg-type]
+        self.active = 0

@@ -1,0 +1,194 @@
+"""The proxy listener: the OpenAI-compatible surface (and the hooks other ingresses use)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ferro_proxy.cors import cors_middleware
+from ferro_proxy.errors import GatewayError, bad_request
+from ferro_proxy.exchange import Exchange
+from ferro_proxy.gateway import Gateway
+from ferro_proxy.respond import error_response, request_id_of, serve
+
+log = logging.getLogger("ferro_proxy.proxy")
+
+GATEWAY_KEY_PREFIX = "sk-ferro-"
+
+# endpoint name -> (path, required body fields)
+OPENAI_ROUTES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "chat": ("/v1/chat/completions", ("model", "messages")),
+    "completions": ("/v1/completions", ("model", "prompt")),
+    "embeddings": ("/v1/embeddings", ("model", "input")),
+    "images": ("/v1/images/generations", ("prompt",)),
+}
+
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        token = auth[7:].strip()
+        return token or None
+    return request.headers.get("api-key") or request.headers.get("x-api-key") or None
+
+
+def split_credentials(token: str | None) -> tuple[str | None, str | None]:
+    """(gateway key, provider key the client brought). A gateway key is never forwarded."""
+    if not token:
+        return None, None
+    if token.startswith(GATEWAY_KEY_PREFIX):
+        return token, None
+    return None, token
+
+
+async def read_json_body(request: web.Request, limit: int) -> tuple[bytes, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for data in request.content.iter_any():
+        size += len(data)
+        if size > limit:
+            raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+        chunks.append(data)
+    raw = b"".join(chunks)
+    if not raw:
+        raise bad_request("request body is empty; expected a JSON object", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(
+            f"request body is not valid JSON: {exc.msg} at position {exc.pos}", code="invalid_json"
+        ) from None
+    return raw, body
+
+
+def make_exchange(request: web.Request, endpoint: str, body: dict[str, Any] | None, raw: bytes) -> Exchange:
+    gateway_key, client_key = split_credentials(bearer_token(request))
+    ex = Exchange(
+        request_id=request_id_of(request),
+        endpoint=endpoint,
+        method=request.method,
+        path=request.path,
+        headers=request.headers,
+        body=body,
+        query=request.query_string,
+        raw_body=raw,
+        client_api_key=client_key,
+    )
+    if gateway_key:
+        ex.metadata["gateway_key_token"] = gateway_key
+    return ex
+
+
+def check_fields(body: Any, required: tuple[str, ...]) -> None:
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object", code="invalid_json")
+    for name in required:
+        value = body.get(name)
+        if value is None or value == "" or value == []:
+            raise bad_request(
+                f"missing required field: {name!r}", code="missing_required_parameter", param=name
+            )
+    if "model" in body and not isinstance(body["model"], str):
+        raise bad_request("'model' must be a string", code="invalid_type", param="model")
+    if "messages" in required and not isinstance(body.get("messages"), list):
+        raise bad_request("'messages' must be an array", code="invalid_type", param="messages")
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise bad_request("'stream' must be a boolean", code="invalid_type", param="stream")
+
+
+def openai_handler(endpoint: str, required: tuple[str, ...]):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY_KEY]
+        try:
+            raw, body = await read_json_body(request, gateway.config.max_request_bytes)
+            check_fields(body, required)
+        except GatewayError as err:
+            return error_response(err, request_id_of(request))
+        return await serve(gateway, request, make_exchange(request, endpoint, body, raw))
+
+    return handler
+
+
+async def passthrough_handler(request: web.Request) -> web.StreamResponse:
+    """Any other `/v1/*` route goes to the upstream serving the body's model (or the default)."""
+    gateway = request.app[GATEWAY_KEY]
+    body: dict[str, Any] | None = None
+    raw = b""
+    try:
+        limit = gateway.config.max_request_bytes
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                raw, parsed = await read_json_body(request, limit)
+                body = parsed if isinstance(parsed, dict) else None
+            else:
+                if request.content_length is not None and request.content_length > limit:
+                    raise GatewayError(
+                        413, f"request body is larger than {limit} bytes", code="request_too_large"
+                    )
+                raw = await request.content.read(limit + 1)
+                if len(raw) > limit:
+                    raise GatewayError(
+                        413, f"request body is larger than {limit} bytes", code="request_too_large"
+                    )
+    except GatewayError as err:
+        return error_response(err, request_id_of(request))
+    ex = make_exchange(request, "passthrough", body, raw)
+    return await serve(gateway, request, ex)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY_KEY]
+    data: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    catalog = gateway.catalog
+    for name, provider in gateway.providers.items():
+        try:
+            models = await provider.list_models()
+        except GatewayError:
+            models = []
+        for m in models:
+            key = (name, m["id"])
+            if key in seen:
+                continue
+            seen.add(key)
+            info = catalog.get(name, m["id"]) if catalog else None
+            if info is not None:
+                m = {**m, **info.to_json()}
+            data.append(m)
+    for alias, target in gateway.config.aliases.items():
+        data.append(
+            {"id": alias, "object": "model", "created": 0, "owned_by": "ferro-proxy", "alias_of": target}
+        )
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    from ferro_proxy.health import health_report
+
+    gateway = request.app[GATEWAY_KEY]
+    report = health_report(gateway)
+    status = 200 if report["status"] != "unavailable" else 503
+    return web.Response(status=status, body=orjson.dumps(report), content_type="application/json")
+
+
+def create_proxy_app(gateway: Gateway) -> web.Application:
+    app = web.Application(
+        client_max_size=2**40,  # the body limit is checked per request against the live config
+        middlewares=[cors_middleware(gateway.env.get("CORS_ORIGINS", ""))],
+        handler_args={"max_field_size": 65536},
+    )
+    app[GATEWAY_KEY] = gateway
+    for endpoint, (path, required) in OPENAI_ROUTES.items():
+        app.router.add_post(path, openai_handler(endpoint, required))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    # Other ingresses (Anthropic Messages ...) add their routes here, before the catch-all.
+    app.router.add_route("*", "/v1/{tail:.*}", passthrough_handler)
+    return app

@@ -1,0 +1,209 @@
+"""Serving one Exchange: run the chain on the current runtime, write the Reply to the
+client (whole or streamed), then account for it (finalizers, metrics, the access line).
+
+Every ingress (the OpenAI surface, Anthropic Messages, interception) ends here, passing
+its own error renderer so a client always gets errors in the shape it speaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ferro_proxy.cors import CORS_HEADERS
+from ferro_proxy.errors import GatewayError
+from ferro_proxy.exchange import Exchange, Reply
+from ferro_proxy.jsonlog import log_fields
+
+if TYPE_CHECKING:
+    from ferro_proxy.gateway import Gateway
+
+access_log = logging.getLogger("ferro_proxy.access")
+log = logging.getLogger("ferro_proxy.proxy")
+
+ErrorRenderer = Callable[[GatewayError], tuple[bytes, bytes]]  # -> (JSON body, final SSE event)
+
+
+def openai_errors(err: GatewayError) -> tuple[bytes, bytes]:
+    return err.body(), err.sse_event()
+
+
+def request_id_of(request: web.Request) -> str:
+    given = request.headers.get("X-Request-ID", "")
+    if 0 < len(given) <= 128 and given.isprintable() and " " not in given:
+        return given
+    return secrets.token_hex(12)
+
+
+def error_response(err: GatewayError, request_id: str, render: ErrorRenderer = openai_errors) -> web.Response:
+    body, _ = render(err)
+    headers = {**err.headers, "X-Request-ID": request_id}
+    return web.Response(status=err.status, body=body, content_type="application/json", headers=headers)
+
+
+def _overhead_ms(ex: Exchange) -> str:
+    return f"{max(0.0, ex.elapsed() - ex.upstream_seconds) * 1000:.3f}"
+
+
+async def serve(
+    gateway: Gateway, request: web.Request, ex: Exchange, render: ErrorRenderer = openai_errors
+) -> web.StreamResponse:
+    """Run `ex` through the chain and write the answer. Never raises to aiohttp."""
+    runtime = gateway.runtime
+    assert runtime is not None
+    runtime.enter()
+    metrics = gateway.metrics
+    metrics.in_flight.inc()
+    gateway.in_flight += 1
+    error: GatewayError | None = None
+    reply: Reply | None = None
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        try:
+            reply = await runtime.chain(ex)
+        except GatewayError as err:
+            error = err
+        except asyncio.CancelledError:
+            error = GatewayError(499, "client closed the request", code="client_closed", retryable=False)
+            raise
+        except Exception:
+            log.exception(
+                "unexpected failure serving %s", ex.path, extra={"fields": {"request_id": ex.request_id}}
+            )
+            error = GatewayError(500, "internal gateway error", code="internal_error", type="api_error")
+        if error is not None:
+            status = error.status
+            response = error_response(error, ex.request_id, render)
+            response.headers["x-ferro-overhead-ms"] = _overhead_ms(ex)
+            return response
+        assert reply is not None
+        status = reply.status
+        headers = {**reply.headers, **ex.response_headers, "X-Request-ID": ex.request_id}
+        if reply.stream is None:
+            headers["x-ferro-overhead-ms"] = _overhead_ms(ex)
+            response = web.Response(
+                status=reply.status, body=reply.body_bytes(), content_type=None, headers=headers
+            )
+            response.headers["Content-Type"] = reply.content_type
+            return response
+        response, error = await _stream(request, ex, reply, headers, render)
+        if error is not None:
+            status = error.status if error.status != 499 else 499
+        return response
+    finally:
+        metrics.in_flight.dec()
+        gateway.in_flight -= 1
+        runtime.leave()
+        await _finish(gateway, ex, reply, error, status)
+
+
+async def _stream(
+    request: web.Request, ex: Exchange, reply: Reply, headers: dict[str, str], render: ErrorRenderer
+) -> tuple[web.StreamResponse, GatewayError | None]:
+    assert reply.stream is not None
+    headers["x-ferro-overhead-ms"] = _overhead_ms(ex)
+    headers.update(request.get(CORS_HEADERS) or {})
+    response = web.StreamResponse(status=reply.status, headers=headers)
+    response.content_type = reply.content_type
+    if reply.content_type == "text/event-stream":
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+    stream = reply.stream
+    error: GatewayError | None = None
+    try:
+        await response.prepare(request)
+        async for chunk in stream:
+            await response.write(chunk.raw)
+    except GatewayError as err:
+        error = err
+        _, event = render(err)
+        try:
+            await response.write(event)
+        except (ConnectionResetError, RuntimeError):
+            pass
+    except (ConnectionResetError, asyncio.CancelledError) as exc:
+        error = GatewayError(499, "client went away mid-stream", code="client_closed", retryable=False)
+        await _close(stream)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return response, error
+    except Exception:
+        log.exception("stream failed", extra={"fields": {"request_id": ex.request_id}})
+        error = GatewayError(500, "internal gateway error", code="internal_error", type="api_error")
+        _, event = render(error)
+        try:
+            await response.write(event)
+        except (ConnectionResetError, RuntimeError):
+            pass
+    finally:
+        await _close(stream)
+    try:
+        await response.write_eof()
+    except (ConnectionResetError, RuntimeError):
+        pass
+    return response, error
+
+
+async def _close(stream: object) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            pass
+
+
+async def _finish(
+    gateway: Gateway, ex: Exchange, reply: Reply | None, error: GatewayError | None, status: int
+) -> None:
+    if reply is not None:
+        for fn in reply.finalizers:
+            try:
+                result = fn(ex, reply, error)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("finalizer failed", extra={"fields": {"request_id": ex.request_id}})
+    provider = ex.provider or "none"
+    model = ex.resolved_model or ex.model or "none"
+    metrics = gateway.metrics
+    duration = ex.elapsed()
+    metrics.requests.labels(ex.endpoint, provider, model, str(status)).inc()
+    metrics.request_duration.labels(ex.endpoint, provider).observe(duration)
+    usage = ex.usage
+    if usage.prompt_tokens:
+        metrics.tokens.labels(provider, model, "input").inc(usage.prompt_tokens)
+    if usage.completion_tokens:
+        metrics.tokens.labels(provider, model, "output").inc(usage.completion_tokens)
+    if ex.ttft_seconds is not None and ex.stream:
+        metrics.ttft.labels(provider, model).observe(ex.ttft_seconds)
+    fields = {
+        "request_id": ex.request_id,
+        "method": ex.method,
+        "path": ex.path,
+        "endpoint": ex.endpoint,
+        "ingress": ex.ingress,
+        "status": status,
+        "provider": ex.provider,
+        "model": model if model != "none" else None,
+        "stream": ex.stream,
+        "duration_ms": round(duration * 1000, 3),
+        "overhead_ms": round(max(0.0, duration - ex.upstream_seconds) * 1000, 3),
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+    }
+    if ex.cost_usd is not None:
+        fields["cost_usd"] = round(ex.cost_usd, 8)
+    if error is not None:
+        fields["error"] = error.code
+    if len(ex.attempts) > 1:
+        fields["attempts"] = [f"{a.provider}:{a.status}" for a in ex.attempts]
+    if "ab_label" in ex.metadata:
+        fields["variant"] = ex.metadata["ab_label"]
+    log_fields(access_log, logging.INFO, "request", **fields)

@@ -1,0 +1,133 @@
+"""Starting and stopping the two listeners, with a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ferro_proxy.admin_app import create_admin_app
+from ferro_proxy.config import GatewayConfig
+from ferro_proxy.gateway import Gateway
+from ferro_proxy.proxy_app import create_proxy_app
+
+log = logging.getLogger("ferro_proxy.server")
+
+
+def parse_listen(value: str, default_port: int) -> tuple[str, int]:
+    value = value.strip()
+    if value.startswith("["):  # [::1]:8080
+        host, _, port = value[1:].partition("]:")
+        return host, int(port or default_port)
+    if value.count(":") == 1:
+        host, port = value.split(":")
+        return host or "127.0.0.1", int(port)
+    if value.isdigit():
+        return "127.0.0.1", int(value)
+    return value or "127.0.0.1", default_port
+
+
+@dataclass
+class Running:
+    gateway: Gateway
+    proxy_runner: web.AppRunner
+    admin_runner: web.AppRunner
+    proxy_port: int
+    admin_port: int
+    proxy_host: str
+    admin_host: str
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.proxy_host}:{self.proxy_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.admin_host}:{self.admin_port}"
+
+    async def drain_and_stop(self, drain_seconds: float = 20.0) -> None:
+        """Readiness goes false, the proxy stops accepting, in-flight work gets `drain_seconds`."""
+        gateway = self.gateway
+        gateway.draining = True
+        for site in list(self.proxy_runner.sites):
+            await site.stop()
+        deadline = time.monotonic() + drain_seconds
+        while gateway.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        left = gateway.in_flight
+        if left > 0:
+            log.warning("drain timed out with %d requests in flight", int(left))
+        await self.proxy_runner.cleanup()
+        await gateway.close()
+        await self.admin_runner.cleanup()
+
+
+async def start(
+    config: GatewayConfig,
+    *,
+    listen: str = "127.0.0.1:8080",
+    admin_listen: str = "127.0.0.1:8081",
+    env: Mapping[str, str] | None = None,
+    gateway: Gateway | None = None,
+    config_source: str | None = None,
+) -> Running:
+    gateway = gateway or Gateway(env)
+    gateway.config_source = config_source
+    await gateway.apply(config, actor="startup")
+    for hook in list(gateway.services.get("startup_hooks", [])):
+        await hook(gateway)
+    proxy_runner = web.AppRunner(create_proxy_app(gateway), handler_cancellation=True, access_log=None)
+    admin_runner = web.AppRunner(create_admin_app(gateway), access_log=None)
+    await proxy_runner.setup()
+    await admin_runner.setup()
+    phost, pport = parse_listen(listen, 8080)
+    ahost, aport = parse_listen(admin_listen, 8081)
+    proxy_site = web.TCPSite(proxy_runner, phost, pport, reuse_address=True)
+    admin_site = web.TCPSite(admin_runner, ahost, aport, reuse_address=True)
+    await proxy_site.start()
+    await admin_site.start()
+    pport = _bound_port(proxy_runner, pport)
+    aport = _bound_port(admin_runner, aport)
+    log.info(
+        "listening",
+        extra={
+            "fields": {
+                "proxy": f"{phost}:{pport}",
+                "admin": f"{ahost}:{aport}",
+                "providers": sorted(gateway.providers),
+            }
+        },
+    )
+    return Running(gateway, proxy_runner, admin_runner, pport, aport, phost, ahost)
+
+
+def _bound_port(runner: web.AppRunner, fallback: int) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    return fallback
+
+
+async def serve_forever(
+    config: GatewayConfig,
+    *,
+    listen: str,
+    admin_listen: str,
+    drain_seconds: float,
+    config_source: str | None = None,
+) -> int:
+    running = await start(config, listen=listen, admin_listen=admin_listen, config_source=config_source)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining", extra={"fields": {"drain_seconds": drain_seconds}})
+    await running.drain_and_stop(drain_seconds)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,1 @@
+"""Provider adapters. See `providers.base` for the contract and `providers.registry`."""

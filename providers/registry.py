@@ -1,0 +1,73 @@
+"""The provider registry: every adapter module registers its `ProviderSpec`s here."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from ferro_proxy.config import GatewayConfig
+from providers.base import Provider, ProviderSpec, resolve_settings
+
+if TYPE_CHECKING:
+    from ferro_proxy.gateway import Gateway
+
+log = logging.getLogger("ferro_proxy.providers")
+
+PROVIDERS: dict[str, ProviderSpec] = {}
+
+# Support modules that define no provider.
+_NOT_ADAPTERS = {"base", "registry", "catalog"}
+
+
+def register_provider(spec: ProviderSpec) -> ProviderSpec:
+    PROVIDERS[spec.name] = spec
+    return spec
+
+
+def load_builtin_providers() -> dict[str, ProviderSpec]:
+    """Import every adapter module in this package (each registers its specs on import).
+
+    Adapters keep heavy optional imports inside their functions, so importing them is cheap.
+    """
+    if not PROVIDERS:
+        import providers
+
+        for info in pkgutil.iter_modules(providers.__path__):
+            if info.name not in _NOT_ADAPTERS and not info.name.startswith("_"):
+                importlib.import_module(f"providers.{info.name}")
+    return PROVIDERS
+
+
+def build_providers(config: GatewayConfig, env: Mapping[str, str], gateway: Gateway) -> dict[str, Provider]:
+    """Every provider enabled by the environment or named in the config's `providers:`."""
+    specs = load_builtin_providers()
+    built: dict[str, Provider] = {}
+    for name, spec in specs.items():
+        settings_cfg = config.providers.get(name)
+        if settings_cfg is not None and not settings_cfg.enabled:
+            continue
+        if settings_cfg is None and not spec.enabled_by_env(env):
+            continue
+        settings = resolve_settings(spec, settings_cfg, env)
+        provider = spec.factory(settings, gateway)
+        provider.spec = spec
+        built[name] = provider
+    return built
+
+
+def unknown_provider_names(config: GatewayConfig) -> list[str]:
+    specs = load_builtin_providers()
+    errors = [
+        f"providers.{name}: unknown provider (known: {', '.join(sorted(specs))})"
+        for name in config.providers
+        if name not in specs
+    ]
+    for i, target in enumerate(config.targets):
+        if target.virtual_key not in specs:
+            errors.append(
+                f"targets[{i}].virtual_key: unknown provider {target.virtual_key!r} (known: {', '.join(sorted(specs))})"
+            )
+    return errors
