@@ -24,6 +24,11 @@ from providers.registry import build_providers, unknown_provider_names
 
 log = logging.getLogger("ferro_proxy.gateway")
 
+# Hooks that adjust the built filter list for a config, e.g. put the auth filter first or
+# add the mcp filter when `mcp_servers:` is set: fn(config, gateway, filters) -> filters.
+# Filter modules register them at import (every module under filters/ is imported first).
+CHAIN_HOOKS: list[Callable[[GatewayConfig, Gateway, list[Filter]], list[Filter]]] = []
+
 
 class Runtime:
     def __init__(self, config: GatewayConfig, providers: dict[str, Provider], chain: Chain) -> None:
@@ -116,6 +121,8 @@ class Gateway:
         self.runtime = holder  # filters read gateway.config while they are built
         try:
             fresh = build_filters(config.plugins, self)
+            for hook in CHAIN_HOOKS:
+                fresh = hook(config, self, fresh)
             filters = []
             for f in fresh:
                 reused = old_by_plugin.pop(f.plugin, None) if f.plugin is not None else None
