@@ -17,7 +17,8 @@ from ferro_proxy.errors import GatewayError
 
 log = logging.getLogger("ferro_proxy.cors")
 
-CORS_HEADERS = "ferro_cors_headers"  # request key: headers a streamed response adds before it starts
+# Headers a streamed response adds before it starts (streams send headers inside the handler).
+CORS_HEADERS = web.RequestKey("ferro_cors_headers", dict)
 
 ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID, api-key, x-api-key, anthropic-version, anthropic-beta, OpenAI-Organization, OpenAI-Project, Cache-Control, x-ferro-cache-ttl"
 EXPOSE_HEADERS = "X-Request-ID, x-ferro-overhead-ms, x-ferro-cost-usd, x-ferro-cache, Retry-After, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests"

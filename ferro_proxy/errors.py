@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from ferro_proxy.jsonlog import scrub
+
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -59,7 +61,8 @@ class GatewayError(Exception):
         self.provider = provider
 
     def payload(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code}
+        # Upstream messages can echo credentials ("Incorrect API key provided: sk-…"): mask them.
+        err: dict[str, Any] = {"message": scrub(self.message), "type": self.type, "code": self.code}
         if self.param is not None:
             err["param"] = self.param
         return {"error": err}

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ferro_proxy.cors import cors_middleware
 from ferro_proxy.errors import GatewayError, bad_request
@@ -178,10 +179,27 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(report), content_type="application/json")
 
 
+def draining_middleware(gateway: Gateway):
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if gateway.draining:  # a request on a kept-alive connection after SIGTERM
+            err = GatewayError(
+                503,
+                "the gateway is shutting down; retry on another instance",
+                code="draining",
+                type="api_error",
+                headers={"Connection": "close"},
+            )
+            return error_response(err, request_id_of(request))
+        return await handler(request)
+
+    return middleware
+
+
 def create_proxy_app(gateway: Gateway) -> web.Application:
     app = web.Application(
         client_max_size=2**40,  # the body limit is checked per request against the live config
-        middlewares=[cors_middleware(gateway.env.get("CORS_ORIGINS", ""))],
+        middlewares=[draining_middleware(gateway), cors_middleware(gateway.env.get("CORS_ORIGINS", ""))],
         handler_args={"max_field_size": 65536},
     )
     app[GATEWAY_KEY] = gateway

@@ -26,8 +26,9 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 async def gateway_factory() -> AsyncIterator[StartGateway]:
     started: list[Running] = []
 
-    async def factory(config: dict[str, Any] | GatewayConfig | None = None, env: dict[str, str] | None = None,
-                      **kw: Any) -> Running:
+    async def factory(
+        config: dict[str, Any] | GatewayConfig | None = None, env: dict[str, str] | None = None, **kw: Any
+    ) -> Running:
         cfg = config if isinstance(config, GatewayConfig) else config_from_data(config or {}, env=env or {})
         running = await start(cfg, listen="127.0.0.1:0", admin_listen="127.0.0.1:0", env=env or {}, **kw)
         started.append(running)
@@ -41,7 +42,9 @@ async def gateway_factory() -> AsyncIterator[StartGateway]:
 @pytest.fixture
 async def gateway(gateway_factory: StartGateway, fake_openai: FakeOpenAI) -> Running:
     """A gateway with only OPENAI_API_KEY and OPENAI_BASE_URL set, pointed at the fake."""
-    return await gateway_factory(env={"OPENAI_API_KEY": "sk-test-upstream-key", "OPENAI_BASE_URL": fake_openai.base_url})
+    return await gateway_factory(
+        env={"OPENAI_API_KEY": "sk-test-upstream-key", "OPENAI_BASE_URL": fake_openai.base_url}
+    )
 
 
 @pytest.fixture

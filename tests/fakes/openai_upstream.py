@@ -99,14 +99,25 @@ class FakeOpenAI:
             err_type = {400: "invalid_request_error", 401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(
                 status, "server_error"
             )
-            body = {"error": {"message": b.get("message", f"fake failure {status}"), "type": err_type,
-                              "param": None, "code": err_type}}
+            body = {
+                "error": {
+                    "message": b.get("message", f"fake failure {status}"),
+                    "type": err_type,
+                    "param": None,
+                    "code": err_type,
+                }
+            }
             return b, web.json_response(body, status=status, headers=headers)
         return b, None
 
     def _usage(self, prompt: int = 12, completion: int = 7) -> dict[str, Any]:
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
 
     # ---------------------------------------------------------------- endpoints
 
@@ -114,54 +125,126 @@ class FakeOpenAI:
         rec = await self._record(request)
         body = rec.body or {}
         if not isinstance(body.get("messages"), list) or not body.get("model"):
-            return web.json_response({"error": {"message": "messages and model are required",
-                                                 "type": "invalid_request_error", "param": "messages",
-                                                 "code": None}}, status=400)
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "messages and model are required",
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": None,
+                    }
+                },
+                status=400,
+            )
         b, early = await self._behaviour(request)
         if early is not None:
             return early
         model = body["model"]
         created = int(time.time())
-        use_tool = self.tool_call is not None and body.get("tools") and not any(
-            m.get("role") == "tool" for m in body["messages"]
+        use_tool = (
+            self.tool_call is not None
+            and body.get("tools")
+            and not any(m.get("role") == "tool" for m in body["messages"])
         )
         text = b.get("text", self.reply_text)
         if not body.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": None if use_tool else text, "refusal": None}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": None if use_tool else text,
+                "refusal": None,
+            }
             finish = "stop"
             if use_tool:
                 message["tool_calls"] = [self.tool_call]
                 finish = "tool_calls"
-            return web.json_response({
-                "id": "chatcmpl-fake123", "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                "usage": self._usage(), "system_fingerprint": "fp_fake",
-            })
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake123",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                    "usage": self._usage(),
+                    "system_fingerprint": "fp_fake",
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        base = {"id": "chatcmpl-fake123", "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": "fp_fake"}
+        base = {
+            "id": "chatcmpl-fake123",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+        }
         pieces = [w + " " for w in text.split(" ")]
         pieces[-1] = pieces[-1].rstrip()
-        frames = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                         "logprobs": None, "finish_reason": None}]}]
+        frames = [
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        ]
         if use_tool:
             call = self.tool_call
             assert call is not None
-            frames.append({**base, "choices": [{"index": 0, "delta": {"tool_calls": [{
-                "index": 0, "id": call["id"], "type": "function",
-                "function": {"name": call["function"]["name"], "arguments": ""}}]}, "finish_reason": None}]})
+            frames.append(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {
+                                "tool_calls": [
+                                    {
+                                        "index": 0,
+                                        "id": call["id"],
+                                        "type": "function",
+                                        "function": {"name": call["function"]["name"], "arguments": ""},
+                                    }
+                                ]
+                            },
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
             args = call["function"]["arguments"]
             for part in (args[: len(args) // 2], args[len(args) // 2 :]):
-                frames.append({**base, "choices": [{"index": 0, "delta": {"tool_calls": [{
-                    "index": 0, "function": {"arguments": part}}]}, "finish_reason": None}]})
+                frames.append(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": part}}]},
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
             finish = "tool_calls"
         else:
             for piece in pieces:
-                frames.append({**base, "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None,
-                                                     "finish_reason": None}]})
+                frames.append(
+                    {
+                        **base,
+                        "choices": [
+                            {"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}
+                        ],
+                    }
+                )
             finish = "stop"
-        frames.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
+        frames.append(
+            {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+        )
         opts = body.get("stream_options") or {}
         if opts.get("include_usage"):
             frames.append({**base, "choices": [], "usage": self._usage()})
@@ -194,20 +277,48 @@ class FakeOpenAI:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             for piece in ("Once", " upon", " a time"):
-                await resp.write(b"data: " + orjson.dumps({
-                    "id": "cmpl-fake", "object": "text_completion", "created": created, "model": body["model"],
-                    "choices": [{"text": piece, "index": 0, "logprobs": None, "finish_reason": None}]}) + b"\n\n")
+                await resp.write(
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "id": "cmpl-fake",
+                            "object": "text_completion",
+                            "created": created,
+                            "model": body["model"],
+                            "choices": [{"text": piece, "index": 0, "logprobs": None, "finish_reason": None}],
+                        }
+                    )
+                    + b"\n\n"
+                )
             if (body.get("stream_options") or {}).get("include_usage"):
-                await resp.write(b"data: " + orjson.dumps({
-                    "id": "cmpl-fake", "object": "text_completion", "created": created, "model": body["model"],
-                    "choices": [], "usage": self._usage(5, 3)}) + b"\n\n")
+                await resp.write(
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "id": "cmpl-fake",
+                            "object": "text_completion",
+                            "created": created,
+                            "model": body["model"],
+                            "choices": [],
+                            "usage": self._usage(5, 3),
+                        }
+                    )
+                    + b"\n\n"
+                )
             await resp.write(b"data: [DONE]\n\n")
             return resp
-        return web.json_response({
-            "id": "cmpl-fake", "object": "text_completion", "created": created, "model": body["model"],
-            "choices": [{"text": "Once upon a time", "index": 0, "logprobs": None, "finish_reason": "stop"}],
-            "usage": self._usage(5, 4),
-        })
+        return web.json_response(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": created,
+                "model": body["model"],
+                "choices": [
+                    {"text": "Once upon a time", "index": 0, "logprobs": None, "finish_reason": "stop"}
+                ],
+                "usage": self._usage(5, 4),
+            }
+        )
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
@@ -217,29 +328,44 @@ class FakeOpenAI:
             return early
         inputs = body.get("input")
         inputs = inputs if isinstance(inputs, list) else [inputs]
-        return web.json_response({
-            "object": "list", "model": body.get("model"),
-            "data": [{"object": "embedding", "index": i, "embedding": [0.1, -0.2, 0.3]} for i in range(len(inputs))],
-            "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)},
-        })
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body.get("model"),
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.1, -0.2, 0.3]}
+                    for i in range(len(inputs))
+                ],
+                "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)},
+            }
+        )
 
     async def images(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
         b, early = await self._behaviour(request)
         if early is not None:
             return early
-        return web.json_response({"created": int(time.time()),
-                                  "data": [{"url": "https://example.invalid/cat.png", "revised_prompt": "a cat"}]})
+        return web.json_response(
+            {
+                "created": int(time.time()),
+                "data": [{"url": "https://example.invalid/cat.png", "revised_prompt": "a cat"}],
+            }
+        )
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
-        return web.json_response({"object": "list", "data": [
-            {"id": "gpt-4o-mini", "object": "model", "created": 1, "owned_by": "openai"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "gpt-4o-mini", "object": "model", "created": 1, "owned_by": "openai"}],
+            }
+        )
 
     async def other(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
         b, early = await self._behaviour(request)
         if early is not None:
             return early
-        return web.json_response({"object": "passthrough", "path": request.path, "method": request.method,
-                                  "echo": rec.body})
+        return web.json_response(
+            {"object": "passthrough", "path": request.path, "method": request.method, "echo": rec.body}
+        )
