@@ -99,7 +99,9 @@ class StrategyConfig(Base):
     ] = "single"
     conditions: list[ConditionConfig] = msgspec.field(default_factory=list)
     unpriced: Literal["fallback", "skip", "allow"] = "fallback"
-    latency_window: int = 50
+    latency_window: int = 50  # least-latency: samples per target in the rolling p50
+    # cost-optimized: output tokens assumed when the request sets no max_tokens
+    expected_output_tokens: int = 512
 
 
 class PluginConfig(Base):
@@ -349,14 +351,32 @@ def semantic_errors(cfg: GatewayConfig) -> list[str]:
     for i, t in enumerate(cfg.targets):
         if t.weight < 0:
             errors.append(f"targets[{i}].weight: must be >= 0")
-        if t.retry and t.retry.attempts < 1:
-            errors.append(f"targets[{i}].retry.attempts: must be >= 1")
+        if t.retry:
+            if t.retry.attempts < 1:
+                errors.append(f"targets[{i}].retry.attempts: must be >= 1")
+            if t.retry.initial_backoff_ms < 0 or t.retry.max_backoff_ms < t.retry.initial_backoff_ms:
+                errors.append(f"targets[{i}].retry: need 0 <= initial_backoff_ms <= max_backoff_ms")
+        if t.circuit_breaker:
+            cb = t.circuit_breaker
+            for name in ("failure_threshold", "success_threshold", "half_open_max"):
+                if getattr(cb, name) < 1:
+                    errors.append(f"targets[{i}].circuit_breaker.{name}: must be >= 1")
+            if cb.timeout <= 0:
+                errors.append(f"targets[{i}].circuit_breaker.timeout: must be > 0")
         if t.max_concurrency is not None and t.max_concurrency < 1:
             errors.append(f"targets[{i}].max_concurrency: must be >= 1")
-    keys = {t.virtual_key for t in cfg.targets}
+        if t.max_queue < 0:
+            errors.append(f"targets[{i}].max_queue: must be >= 0")
+    if cfg.strategy.latency_window < 1:
+        errors.append("strategy.latency_window: must be >= 1")
+    if cfg.strategy.expected_output_tokens < 0:
+        errors.append("strategy.expected_output_tokens: must be >= 0")
+    keys = {t.virtual_key for t in cfg.targets} | {t.label for t in cfg.targets if t.label}
     for i, c in enumerate(cfg.strategy.conditions):
         if keys and c.target_key not in keys:
-            errors.append(f"strategy.conditions[{i}].target_key: no target with virtual_key {c.target_key!r}")
+            errors.append(
+                f"strategy.conditions[{i}].target_key: no target with virtual_key or label {c.target_key!r}"
+            )
         if c.key == "prompt_regex":
             try:
                 re.compile(c.value)

@@ -43,6 +43,7 @@ class GatewayError(Exception):
         retryable: bool | None = None,
         retry_after: float | None = None,
         provider: str | None = None,
+        upstream_status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -59,6 +60,7 @@ class GatewayError(Exception):
         # Retryable by default: transport failures, 408, 429, 5xx.
         self.retryable = retryable if retryable is not None else (status in (408, 429) or status >= 500)
         self.provider = provider
+        self.upstream_status = upstream_status  # the status the upstream itself answered, if any
 
     def payload(self) -> dict[str, Any]:
         # Upstream messages can echo credentials ("Incorrect API key provided: sk-…"): mask them.

@@ -222,6 +222,14 @@ def upstream_error(
     retry_after = None
     if headers is not None:
         retry_after = _retry_after(headers.get("Retry-After") or headers.get("retry-after"))
+    err = _map_upstream_status(provider, status, message, code, retry_after)
+    err.upstream_status = status
+    return err
+
+
+def _map_upstream_status(
+    provider: str, status: int, message: str, code: str | None, retry_after: float | None
+) -> GatewayError:
     if status in (401, 403):
         return GatewayError(
             502,
