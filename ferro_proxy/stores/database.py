@@ -1,0 +1,222 @@
+"""One SQL connection (SQLite) or pool (Postgres) behind a tiny common interface.
+
+SQL is written once with `?` placeholders and `{real}`/`{serial}`/`{bigint}` type slots;
+the Postgres side turns `?` into `$1, $2 …`. Migrations are versioned per component in
+`ferro_schema_migrations` and applied under a lock that works across processes:
+`pg_advisory_xact_lock` on Postgres, `BEGIN IMMEDIATE` on SQLite. So many sidecars may
+start at once against one database and each migration still runs exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger("ferro_proxy.stores")
+
+_MIGRATION_LOCK_ID = 0x6665_7272_6F  # "ferro": one advisory lock for every ferro migration
+_TYPES = {
+    "sqlite": {"real": "REAL", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER"},
+    "postgres": {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT"},
+}
+_MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS ferro_schema_migrations ("
+    " component TEXT NOT NULL, version INTEGER NOT NULL, applied_at {real} NOT NULL,"
+    " PRIMARY KEY (component, version))"
+)
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN fit for a log line: the password replaced."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable dsn>"
+    if parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        netloc = f"{parts.username}:[REDACTED]@{host}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    return dsn
+
+
+class Database:
+    dialect: str = ""
+
+    def sql(self, text: str) -> str:
+        return text.format(**_TYPES[self.dialect])
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        raise NotImplementedError
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    async def fetchall(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def fetchone(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        rows = await self.fetchall(sql, *args)
+        return rows[0] if rows else None
+
+    async def migrate(self, component: str, steps: Sequence[Sequence[str]]) -> None:
+        """Apply `steps[i]` (a list of statements) as version i+1 of `component`, once."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: Any = None
+        self._lock = asyncio.Lock()  # one statement or transaction at a time on the connection
+
+    async def open(self) -> SqliteDatabase:
+        import aiosqlite
+
+        self._conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
+        self._conn.row_factory = aiosqlite.Row
+        await self._conn.execute("PRAGMA busy_timeout=30000")
+        await self._conn.execute("PRAGMA journal_mode=WAL")
+        await self._conn.execute("PRAGMA synchronous=NORMAL")
+        return self
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self._lock:
+            cursor = await self._conn.execute(self.sql(sql), args)
+            count = cursor.rowcount
+            await cursor.close()
+            return count
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._conn.executemany(self.sql(sql), rows)
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    async def fetchall(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        async with self._lock:
+            cursor = await self._conn.execute(self.sql(sql), args)
+            rows = await cursor.fetchall()
+            await cursor.close()
+            return [dict(r) for r in rows]
+
+    async def migrate(self, component: str, steps: Sequence[Sequence[str]]) -> None:
+        async with self._lock:
+            conn = self._conn
+            await conn.execute("BEGIN IMMEDIATE")  # takes the write lock: other processes wait
+            try:
+                await conn.execute(self.sql(_MIGRATIONS_TABLE))
+                cursor = await conn.execute(
+                    "SELECT version FROM ferro_schema_migrations WHERE component = ?", (component,)
+                )
+                applied = {int(r[0]) for r in await cursor.fetchall()}
+                await cursor.close()
+                for version, statements in enumerate(steps, start=1):
+                    if version in applied:
+                        continue
+                    for statement in statements:
+                        await conn.execute(self.sql(statement))
+                    await conn.execute(
+                        "INSERT INTO ferro_schema_migrations (component, version, applied_at) VALUES (?, ?, ?)",
+                        (component, version, time.time()),
+                    )
+                    log.info("migrated %s to version %d", component, version)
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+class PostgresDatabase(Database):
+    dialect = "postgres"
+
+    def __init__(self, dsn: str, min_size: int = 1, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self._pool: Any = None
+        self._min, self._max = min_size, max_size
+        self._cache: dict[str, str] = {}
+
+    async def open(self) -> PostgresDatabase:
+        import asyncpg
+
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=self._min, max_size=self._max, command_timeout=30
+        )
+        return self
+
+    def sql(self, text: str) -> str:
+        cached = self._cache.get(text)
+        if cached is None:
+            counter = iter(range(1, 10_000))
+            cached = _PLACEHOLDER.sub(lambda _: f"${next(counter)}", super().sql(text))
+            self._cache[text] = cached
+        return cached
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status = await self._pool.execute(self.sql(sql), *args)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._pool.executemany(self.sql(sql), rows)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._pool.fetch(self.sql(sql), *args)]
+
+    async def migrate(self, component: str, steps: Sequence[Sequence[str]]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
+            await conn.execute(super().sql(_MIGRATIONS_TABLE))
+            rows = await conn.fetch(
+                "SELECT version FROM ferro_schema_migrations WHERE component = $1", component
+            )
+            applied = {int(r["version"]) for r in rows}
+            for version, statements in enumerate(steps, start=1):
+                if version in applied:
+                    continue
+                for statement in statements:
+                    await conn.execute(super().sql(statement))
+                await conn.execute(
+                    "INSERT INTO ferro_schema_migrations (component, version, applied_at) VALUES ($1, $2, $3)",
+                    component,
+                    version,
+                    time.time(),
+                )
+                log.info("migrated %s to version %d", component, version)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+async def open_database(backend: str, dsn: str) -> Database:
+    if backend == "sqlite":
+        path = dsn.removeprefix("sqlite:///").removeprefix("sqlite://")
+        return await SqliteDatabase(path).open()
+    if backend == "postgres":
+        return await PostgresDatabase(dsn).open()
+    raise ValueError(f"unknown SQL backend {backend!r}")
