@@ -1,0 +1,126 @@
+"""Vertex AI adapter: Gemini models at
+`{base}/v1/projects/{p}/locations/{r}/publishers/google/models/{m}:generateContent`
+(and `:streamGenerateContent?alt=sse`, `:predict` for text embeddings and Imagen), sharing
+the Gemini translation.
+
+Enabled by VERTEX_AI_PROJECT_ID + VERTEX_AI_REGION + (VERTEX_AI_API_KEY or
+VERTEX_AI_SERVICE_ACCOUNT_JSON, a path or the JSON itself). A service account wins over an
+API key: its OAuth2 token is sent as a bearer token; a key goes in `x-goog-api-key`.
+The default base is `https://{region}-aiplatform.googleapis.com` (`{region}` is filled in).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from ferro_proxy.config import ConfigError
+from ferro_proxy.exchange import Exchange, Reply, Usage
+from providers import translate_gemini as tg
+from providers.base import ProviderSpec, ResolvedSettings, record_usage
+from providers.gemini import GoogleGenAIProvider
+from providers.google_auth import ServiceAccount, TokenSource
+from providers.registry import register_provider
+
+if TYPE_CHECKING:
+    from ferro_proxy.gateway import Gateway
+
+VERTEX_MODELS = (
+    "gemini-2.5-pro",
+    "gemini-2.5-flash",
+    "gemini-2.5-flash-lite",
+    "gemini-2.0-flash",
+    "gemini-2.0-flash-lite",
+    "text-embedding-005",
+    "text-multilingual-embedding-002",
+    "gemini-embedding-001",
+    "imagen-3.0-generate-002",
+    "imagen-4.0-generate-001",
+)
+# Token requests get their own short budget, apart from the model call's.
+_TOKEN_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+class VertexAIProvider(GoogleGenAIProvider):
+    default_models = VERTEX_MODELS
+
+    def __init__(self, settings: ResolvedSettings, gateway: Gateway) -> None:
+        super().__init__(settings, gateway)
+        extra, env = settings.extra, settings.env
+        self.project = extra.project or env.get("VERTEX_AI_PROJECT_ID") or ""
+        self.region = extra.region or env.get("VERTEX_AI_REGION") or ""
+        problems = []
+        if not self.project:
+            problems.append("providers.vertex-ai.project: set it or VERTEX_AI_PROJECT_ID")
+        if not self.region:
+            problems.append("providers.vertex-ai.region: set it or VERTEX_AI_REGION")
+        self.tokens: TokenSource | None = None
+        account_setting = extra.service_account_json or env.get("VERTEX_AI_SERVICE_ACCOUNT_JSON")
+        if account_setting:
+            try:
+                self.tokens = TokenSource(ServiceAccount.from_setting(account_setting), settings.name)
+            except ValueError as exc:
+                problems.append(f"providers.vertex-ai.service_account_json: {exc}")
+        if problems:
+            raise ConfigError(problems)
+        host = (
+            "aiplatform.googleapis.com"
+            if self.region == "global"
+            else f"{self.region}-aiplatform.googleapis.com"
+        )
+        self.base = settings.base_url.replace("{region}-aiplatform.googleapis.com", host).replace(
+            "{region}", self.region
+        )
+
+    def model_url(self, model: str, method: str) -> str:
+        return (
+            f"{self.base}/projects/{self.project}/locations/{self.region}"
+            f"/publishers/google/models/{model}:{method}"
+        )
+
+    async def auth_headers(self, ex: Exchange) -> dict[str, str]:
+        if self.tokens is not None:
+            return {"Authorization": "Bearer " + await self.tokens.token(self.session, _TOKEN_TIMEOUT)}
+        key = self.api_key_for(ex)
+        return {"x-goog-api-key": key} if key else {}
+
+    async def embeddings(self, ex: Exchange, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Reply:
+        model = tg.strip_model_prefix(str(body.get("model", "")))
+        data = await self._post_json(
+            ex, self.model_url(model, "predict"), tg.vertex_embed_request(body), timeout
+        )
+        vectors, tokens = tg.vertex_embed_vectors(data)
+        record_usage(ex, Usage(prompt_tokens=tokens))
+        return Reply(200, data=tg.embeddings_response(vectors, model, tokens, body.get("encoding_format")))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "base_url_set": bool(self.base),
+            "key_configured": bool(self.settings.api_key) or self.tokens is not None,
+            "auth": "service_account" if self.tokens is not None else "api_key",
+        }
+
+
+register_provider(
+    ProviderSpec(
+        name="vertex-ai",
+        display="Google Vertex AI",
+        factory=VertexAIProvider,
+        default_base_url="https://{region}-aiplatform.googleapis.com",
+        env_key="VERTEX_AI_API_KEY",
+        env_base_url="VERTEX_AI_BASE_URL",
+        env_required=("VERTEX_AI_PROJECT_ID", "VERTEX_AI_REGION"),
+        env_enables=("VERTEX_AI_SERVICE_ACCOUNT_JSON",),
+        version_segment="/v1",
+        model_prefixes=(
+            "gemini-",
+            "imagen-",
+            "text-embedding-0",
+            "text-multilingual-embedding-",
+            "gemini-embedding-",
+        ),
+        capabilities=frozenset({"chat", "stream", "tools", "vision", "embeddings", "images"}),
+        hosts=("aiplatform.googleapis.com",),
+    )
+)
