@@ -13,7 +13,7 @@ from filters.guardrails.text import Finding, Segment
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with BPE tokenizers
 
 
-class MaxTokenConfig(GuardrailConfig):
+class MaxTokenConfig(GuardrailConfig, kw_only=True):
     max_tokens: int | None = None  # the largest max_tokens / max_completion_tokens a client may ask for
     max_messages: int | None = None
     max_input_length: int | None = None
@@ -64,9 +64,8 @@ class MaxToken(Guardrail):
             if unit == "tokens":
                 length = estimate_tokens(length)
             if length > cfg.max_input_length:
-                found.append(
-                    self._finding("max_input_length", f"about {length} {unit}, limit {cfg.max_input_length}")
-                )
+                size = f"about {length} tokens" if unit == "tokens" else f"{length} characters"
+                found.append(self._finding("max_input_length", f"{size}, limit {cfg.max_input_length}"))
         return found
 
     def _finding(self, rule: str, note: str) -> Finding:

@@ -183,7 +183,7 @@ ENTITIES: dict[str, Entity] = {
 KEEP_LAST_FOUR = frozenset({"credit_card"})
 
 
-class PiiRedactConfig(GuardrailConfig):
+class PiiRedactConfig(GuardrailConfig, kw_only=True):
     action: Action = "redact"
     entities: list[str] | None = None  # default: all of them
     entity_actions: dict[str, Action] = msgspec.field(default_factory=dict)

@@ -12,7 +12,7 @@ from filters.guardrails.base import Guardrail, GuardrailConfig
 from filters.guardrails.text import Finding
 
 
-class WordFilterConfig(GuardrailConfig):
+class WordFilterConfig(GuardrailConfig, kw_only=True):
     blocked_words: list[str] = msgspec.field(default_factory=list)
     case_sensitive: bool = False
     whole_word: bool = True  # "ass" does not match "class"
