@@ -1,33 +1,42 @@
 """The router: the terminal filter that picks the upstream(s) for a request and calls them.
 
 Model resolution: aliases first (`aliases: {fast: gpt-4o-mini}`), then `provider/model`
-addressing, which pins the request to that provider whatever the strategy. With no
-`targets:` in the config, every enabled provider is a target and requests go to the one
-that serves the model (by catalog, declared models or name prefix).
+addressing, which pins the request to that provider whatever the strategy (unless some
+enabled provider serves the full slashed name itself, as Groq does `openai/gpt-oss-120b`).
+With no `targets:` in the config, every enabled provider is a target and requests go to
+the one that serves the model (by catalog, declared models or name prefix).
+
+Then `strategy.mode` orders the targets (filters/routing/strategies.py) and each one is
+tried with its own retries, circuit breaker, concurrency limit and timeouts, within the
+request's deadline. A stream is tried up to its first chunk, so it can still move to
+another target before the client has seen a byte; after that it is never retried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from ferro_proxy.chain import Filter, Next
-from ferro_proxy.config import TargetConfig, TimeoutConfig
+from ferro_proxy.config import PluginConfig, TargetConfig, TimeoutConfig
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Attempt, Exchange, Reply, StreamChunk, Usage
-from providers.base import Provider
+from filters.routing.breaker import OPEN, Permit
+from filters.routing.conditions import RequestView, compile_rule
+from filters.routing.limits import Saturated, saturated_error
+from filters.routing.retry import NO_RETRY, is_transport_failure, should_retry, wait_before_retry
+from filters.routing.state import bind_targets, target_keys
+from filters.routing.strategies import POOL_MODES, STRATEGIES, Candidate, Context, Route
 
 log = logging.getLogger("ferro_proxy.router")
 
 
-@dataclass(slots=True)
-class Candidate:
-    target: TargetConfig
-    provider: Provider
-    model: str
+class DeadlineExceeded(Exception):
+    """The request's own deadline passed (not one target's timeout)."""
 
 
 class Router(Filter):
@@ -35,130 +44,318 @@ class Router(Filter):
     type = "router"
     description = "Terminal filter: picks the upstream and calls it."
 
+    def __init__(self, config: Any, gateway: Any, plugin: PluginConfig | None = None) -> None:
+        super().__init__(config, gateway, plugin)
+        # The runtime being built is current while the router is constructed: capture its
+        # config and providers so requests that started on it finish on it after a reload.
+        cfg = gateway.config
+        self.cfg = cfg
+        self.providers = gateway.providers
+        self.configured = bool(cfg.targets)
+        targets = cfg.targets or [TargetConfig(virtual_key=name) for name in self.providers]
+        keyed = list(zip(target_keys(targets), targets, strict=True))
+        # A provider addressed as `provider/model` without a target of its own still gets one.
+        named = {t.virtual_key for t in targets}
+        keyed += [(name, TargetConfig(virtual_key=name)) for name in self.providers if name not in named]
+        states = bind_targets(gateway, keyed, cfg.strategy.latency_window)
+        routes = [
+            Route(key, t, self.providers[t.virtual_key], state, t.label or key)
+            for (key, t), state in zip(keyed, states, strict=True)
+            if t.virtual_key in self.providers
+        ]
+        primary = set(target_keys(targets))
+        self.routes = [r for r in routes if r.key in primary]  # what strategies choose from
+        self.by_provider: dict[str, list[Route]] = {}
+        for r in routes:
+            self.by_provider.setdefault(r.target.virtual_key, []).append(r)
+        self.missing = [t.virtual_key for t in targets if t.virtual_key not in self.providers]
+        self.timeouts = {r.key: _timeout_of(r.target) for r in routes}
+        self.mode = cfg.strategy.mode
+        self.order = STRATEGIES[self.mode]
+        self.pool = self.mode in POOL_MODES
+        self.rules = [compile_rule(c) for c in cfg.strategy.conditions]
+        self.rng = random.Random()
+        metrics = gateway.metrics
+        self.attempts_metric = metrics.counter(
+            "ferro_router_attempts_total", "Upstream attempts by target and outcome", ["target", "outcome"]
+        )
+        self.ab_metric = metrics.counter(
+            "ferro_ab_requests_total", "Requests per ab-test variant label", ["label"]
+        )
+
     # ------------------------------------------------------------ planning
 
-    def resolve_model(self, ex: Exchange) -> tuple[str, str | None]:
-        """(model, pinned provider) after aliases and `provider/model` addressing."""
-        config = self.gateway.config
-        model = ex.model
-        model = config.aliases.get(model, model)
+    def resolve_model(self, ex: Exchange) -> tuple[str, str, str | None]:
+        """(requested, model, pinned provider) after aliases and `provider/model` addressing."""
+        requested = ex.model
+        model = self.cfg.aliases.get(requested, requested)
         if "/" in model:
             prefix, _, rest = model.partition("/")
-            if prefix in self.gateway.providers:
-                return rest, prefix
-        return model, None
+            if prefix in self.providers and not self._served_verbatim(model):
+                return requested, rest, prefix
+        return requested, model, None
 
-    def targets(self) -> list[TargetConfig]:
-        config = self.gateway.config
-        if config.targets:
-            return config.targets
-        return [TargetConfig(virtual_key=name) for name in self.gateway.providers]
+    def _served_verbatim(self, model: str) -> bool:
+        catalog = self.gateway.catalog
+        if catalog is not None and any(p in self.providers for p in catalog.providers_of(model)):
+            return True
+        return any(model in r.target.models or model in r.provider.settings.models for r in self.routes)
 
-    def serves(self, target: TargetConfig, provider: Provider, model: str) -> bool:
-        return model in target.models or target.model == model or provider.serves(model)
+    def serves(self, route: Route, model: str) -> bool:
+        t = route.target
+        return (
+            t.model is not None
+            or model in t.models
+            or route.provider.serves(model)
+            or route.provider.spec.open_models
+        )
 
-    def plan(self, ex: Exchange, model: str, pinned: str | None) -> list[Candidate]:
-        providers = self.gateway.providers
-        if pinned is not None:
-            provider = providers[pinned]
-            own = [t for t in self.targets() if t.virtual_key == pinned]
-            return [Candidate(own[0] if own else TargetConfig(virtual_key=pinned), provider, model)]
+    def plan(self, ex: Exchange, requested: str, model: str, pinned: str | None) -> list[Candidate]:
+        view = RequestView(ex, requested, model)
+        if pinned is not None:  # whatever the strategy: this provider's targets, this model
+            return [Candidate(r, model) for r in self.by_provider[pinned]]
         usable = [
-            (t, providers[t.virtual_key])
-            for t in self.targets()
-            if t.virtual_key in providers and providers[t.virtual_key].supports(ex.endpoint)
+            Candidate(r, r.target.model or model) for r in self.routes if r.provider.supports(ex.endpoint)
         ]
         if not usable:
+            missing = f" ({', '.join(self.missing)} not enabled)" if self.missing else ""
             raise GatewayError(
                 404,
-                "no configured provider serves this request" + (f" (model {model!r})" if model else ""),
+                f"no configured target serves the {ex.endpoint} endpoint{missing}",
                 code="model_not_found",
             )
-        mode = self.gateway.config.strategy.mode
-        if not self.gateway.config.targets:  # model-name routing over every enabled provider
-            serving = [(t, p) for t, p in usable if not model or self.serves(t, p, model)]
-            if not serving and len(usable) == 1:
-                serving = usable
-            if not serving:
-                raise GatewayError(
-                    404,
-                    f"the model {model!r} does not exist or no provider serves it",
-                    code="model_not_found",
-                    param="model",
-                )
-            return [Candidate(t, p, t.model or model) for t, p in serving[:1]]
-        if mode == "single":
-            t, p = usable[0]
-            return [Candidate(t, p, t.model or model)]
-        # fallback (and, until the router learns more, every pool mode): in order, serving first
-        serving = [(t, p) for t, p in usable if not model or self.serves(t, p, model)]
-        ordered = serving or (usable if len(usable) == 1 else [])
+        serving = [c for c in usable if not model or self.serves(c.route, c.model)]
+        if not serving and len(usable) == 1:
+            serving = usable  # a lone target gets every model; the upstream has the last word
+        ctx = Context(view, self.cfg.strategy, self.rules, self.gateway.catalog, self.rng)
+        if not self.configured and self.mode == "single":
+            ordered = serving[:1]  # model-name routing over every enabled provider
+        else:
+            ordered = self.order(ctx, usable, serving)
         if not ordered:
+            why = "; ".join(f"{k}: {v}" for k, v in ctx.notes.items())
             raise GatewayError(
                 404,
-                f"the model {model!r} does not exist or no target serves it",
+                f"the model {model!r} does not exist or no target serves it" + (f" ({why})" if why else ""),
                 code="model_not_found",
                 param="model",
             )
-        return [Candidate(t, p, t.model or model) for t, p in ordered]
+        return ordered
 
     # ------------------------------------------------------------ calling
 
     async def handle(self, ex: Exchange, next: Next) -> Reply:
-        model, pinned = self.resolve_model(ex)
-        candidates = self.plan(ex, model, pinned)
+        requested, model, pinned = self.resolve_model(ex)
+        candidates = self.plan(ex, requested, model, pinned)
+        deadline = ex.metadata.get("deadline")
+        if deadline is None:
+            deadline = ex.metadata["deadline"] = time.monotonic() + self.cfg.request_timeout
+        pool = self.pool or pinned is not None
+        tried: list[str] = []
         last: GatewayError | None = None
-        for candidate in candidates:
+        try:
+            for c in candidates:
+                try:
+                    reply = await self._try_target(ex, c, deadline, tried)
+                except GatewayError as err:
+                    last = err
+                    if not err.retryable or not pool:
+                        break
+                    continue
+                if reply is None:  # circuit open: skipped
+                    if not pool:
+                        break
+                    continue
+                self._label(ex, c)
+                return reply
+        except DeadlineExceeded:
+            self._label(ex, candidates[0])
+            raise GatewayError(
+                504,
+                f"the request ran out of time ({self.cfg.request_timeout:g}s)"
+                + (f"; tried {', '.join(tried)}" if tried else ""),
+                code="gateway_timeout",
+            ) from None
+        self._label(ex, candidates[0])
+        raise self._exhausted(candidates, tried, last)
+
+    def _label(self, ex: Exchange, c: Candidate) -> None:
+        if self.mode == "ab-test" and "ab_label" not in ex.metadata:
+            ex.metadata["ab_label"] = c.route.label
+            self.ab_metric.labels(c.route.label).inc()
+
+    def _exhausted(
+        self, candidates: list[Candidate], tried: list[str], last: GatewayError | None
+    ) -> GatewayError:
+        if last is None:  # nothing was even attempted: every circuit is open
+            waits = [c.route.state.breaker.retry_in() for c in candidates if c.route.state.breaker]
+            retry_after = min(waits) if waits else None
+            return GatewayError(
+                503,
+                f"every target is unavailable (circuit open): {', '.join(tried)}",
+                code="upstream_unavailable",
+                type="api_error",
+                retry_after=retry_after,
+            )
+        if len(tried) <= 1:
+            return last
+        return GatewayError(
+            last.status,
+            f"{last.message} (tried {', '.join(tried)})",
+            code=last.code,
+            type=last.type,
+            param=last.param,
+            headers=last.headers,
+            retryable=last.retryable,
+            retry_after=last.retry_after,
+            provider=last.provider,
+            upstream_status=last.upstream_status,
+        )
+
+    async def _try_target(
+        self, ex: Exchange, c: Candidate, deadline: float, tried: list[str]
+    ) -> Reply | None:
+        """Up to `retry.attempts` attempts at one target; None when its circuit is open."""
+        route = c.route
+        retry = route.target.retry or NO_RETRY
+        breaker = route.state.breaker
+        last: GatewayError | None = None
+        for n in range(retry.attempts):
+            permit = breaker.try_acquire() if breaker is not None else Permit(None, probe=False)
+            if permit is None:
+                tried.append(f"{route.key} (circuit open)")
+                if last is not None:
+                    raise last
+                return None
             try:
-                return await self.attempt(ex, candidate)
+                return await self._attempt(ex, c, permit, deadline)
             except GatewayError as err:
+                tried.append(f"{route.key} -> {err.status} {err.code or ''}".rstrip())
                 last = err
-                if not err.retryable:
+                if n + 1 >= retry.attempts or not should_retry(err, retry):
                     raise
+                wait = wait_before_retry(err, retry, n, deadline - time.monotonic(), self.rng)
+                if wait is None:  # Retry-After (or backoff) would pass the deadline
+                    raise
+                if wait > 0:
+                    await asyncio.sleep(wait)
         assert last is not None
         raise last
 
-    async def attempt(self, ex: Exchange, c: Candidate, timeout: TimeoutConfig | None = None) -> Reply:
+    async def _attempt(self, ex: Exchange, c: Candidate, permit: Permit, deadline: float) -> Reply:
+        route = c.route
+        limiter = route.state.limiter
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            permit.neutral()
+            raise DeadlineExceeded()
+        if limiter is not None:
+            try:
+                await limiter.acquire(deadline)
+            except Saturated:
+                permit.neutral()
+                self.attempts_metric.labels(route.key, "provider_saturated").inc()
+                raise saturated_error(route.key, limiter) from None
+            except TimeoutError:
+                permit.neutral()
+                raise DeadlineExceeded() from None
+            except BaseException:
+                permit.neutral()
+                raise
         body = ex.body if ex.body is not None else {}
         if body.get("model") != c.model and ex.endpoint != "passthrough":
             body = {**body, "model": c.model}
-        attempt = Attempt(provider=c.provider.name, model=c.model)
+        attempt = Attempt(provider=route.provider.name, model=c.model)
         ex.attempts.append(attempt)
-        usage_before = Usage(**{k: getattr(ex.usage, k) for k in Usage.__slots__})
+        before = Usage(**{k: getattr(ex.usage, k) for k in Usage.__slots__})
+        timeout = self.timeouts[route.key]
+        target_total = timeout.total if timeout is not None else None
+        remaining = deadline - time.monotonic()
+        bound = min(remaining, target_total) if target_total else remaining
+        handed_over = False
         started = time.perf_counter()
         try:
-            reply = await c.provider.send(ex, body, timeout)
-            first = None
-            if reply.stream is not None and ex.endpoint != "passthrough":
-                first = await _first_chunk(reply.stream)
+            first: StreamChunk | None = None
+            try:
+                async with asyncio.timeout(bound) as timer:
+                    reply = await route.provider.send(ex, body, timeout)
+                    if reply.stream is not None and ex.endpoint != "passthrough":
+                        first = await _first_chunk(reply.stream)
+            except TimeoutError:
+                if not timer.expired():
+                    raise GatewayError(
+                        504, f"{route.key} did not answer in time", code="gateway_timeout"
+                    ) from None
+                if time.monotonic() >= deadline - 0.001:
+                    permit.neutral()
+                    attempt.status, attempt.error = 504, "deadline"
+                    raise DeadlineExceeded() from None
+                raise GatewayError(
+                    504, f"{route.key} did not answer within {target_total:g}s", code="gateway_timeout"
+                ) from None
+            elapsed = time.perf_counter() - started
+            attempt.status = reply.status
+            ex.provider, ex.resolved_model, ex.target = route.provider.name, c.model, route.key
+            self.attempts_metric.labels(route.key, "ok").inc()
+            if reply.stream is None:
+                permit.success()
+                route.state.latency.record(elapsed)
+                self.account(ex, c, before)
+                if ex.cost_usd is not None:
+                    reply.headers["x-ferro-cost-usd"] = f"{ex.cost_usd:.8f}"
+                return reply
+            if first is not None:
+                route.state.latency.record(elapsed)  # time to first token
+                if ex.ttft_seconds is None:
+                    ex.ttft_seconds = ex.elapsed()
+            reply.stream = self._guarded(ex, c, permit, before, first, reply.stream)
+            handed_over = True
+            return reply
         except GatewayError as err:
-            attempt.status, attempt.error = err.status, err.message
+            attempt.status, attempt.error = err.status, err.code or err.message
+            self.attempts_metric.labels(route.key, err.code or "error").inc()
+            if counts_against_target(err):
+                permit.failure()
+                if err.code == "gateway_timeout":  # a slow target should rank as slow
+                    route.state.latency.record(time.perf_counter() - started)
+            else:
+                permit.neutral()
+            raise
+        except BaseException:
+            permit.neutral()  # the client went away (cancelled): says nothing about the target
             raise
         finally:
             attempt.duration = time.perf_counter() - started
             ex.upstream_seconds += attempt.duration
-            self.gateway.metrics.upstream_duration.labels(c.provider.name).observe(attempt.duration)
-        attempt.status = reply.status
-        ex.provider, ex.resolved_model, ex.target = c.provider.name, c.model, c.target.virtual_key
-        if reply.stream is None:
-            self.account(ex, c, usage_before)
-            if ex.cost_usd is not None:
-                reply.headers["x-ferro-cost-usd"] = f"{ex.cost_usd:.8f}"
-        elif first is not None:
-            if ex.ttft_seconds is None:
-                ex.ttft_seconds = ex.elapsed()
-            reply.stream = self._accounted(ex, c, usage_before, first, reply.stream)
-        return reply
+            self.gateway.metrics.upstream_duration.labels(route.provider.name).observe(attempt.duration)
+            if limiter is not None and not handed_over:
+                limiter.release()
 
-    async def _accounted(
-        self, ex: Exchange, c: Candidate, before: Usage, first: StreamChunk, rest: AsyncIterator[StreamChunk]
+    async def _guarded(
+        self,
+        ex: Exchange,
+        c: Candidate,
+        permit: Permit,
+        before: Usage,
+        first: StreamChunk | None,
+        rest: AsyncIterator[StreamChunk],
     ) -> AsyncIterator[StreamChunk]:
+        """The rest of a stream: once the client has bytes, failures end it (never retried)."""
+        limiter = c.route.state.limiter
         try:
-            if first.kind != "end":
+            if first is not None and first.kind != "end":
                 yield first
             async for chunk in rest:
                 yield chunk
+            permit.success()
+        except GatewayError as err:
+            if counts_against_target(err):
+                permit.failure()
+            raise
         finally:
+            permit.neutral()  # no-op once settled; a client disconnect lands here
+            if limiter is not None:
+                limiter.release()
             self.account(ex, c, before)
             aclose = getattr(rest, "aclose", None)
             if aclose is not None:
@@ -171,18 +368,60 @@ class Router(Filter):
         cached = ex.usage.cached_tokens - before.cached_tokens
         if not (prompt or completion):
             return
-        info = self.gateway.catalog.get(c.provider.name, c.model) if self.gateway.catalog else None
+        provider = c.route.provider.name
+        info = self.gateway.catalog.get(provider, c.model) if self.gateway.catalog else None
         cost = info.cost(prompt, completion, cached) if info is not None else None
         metrics = self.gateway.metrics
         if cost is None:
-            metrics.unpriced.labels(c.provider.name, c.model).inc()
+            metrics.unpriced.labels(provider, c.model).inc()
             ex.metadata["unpriced"] = True
             return
         ex.cost_usd = (ex.cost_usd or 0.0) + cost
-        metrics.cost.labels(c.provider.name, c.model).inc(cost)
+        metrics.cost.labels(provider, c.model).inc(cost)
+
+    # ------------------------------------------------------------ reporting
 
     def health(self) -> dict[str, Any]:
-        return {}
+        """Each target's circuit, latency and queue, for `/health` on both listeners."""
+        report: dict[str, Any] = {}
+        for r in self.routes:
+            state = r.state
+            detail: dict[str, Any] = {"provider": r.provider.name, "state": "closed"}
+            if r.target.model:
+                detail["model"] = r.target.model
+            if self.mode in ("loadbalance", "ab-test"):
+                detail["weight"] = r.target.weight
+                detail["label"] = r.label
+            if state.breaker is not None:
+                detail["state"] = state.breaker.state
+                detail["consecutive_failures"] = state.breaker.consecutive_failures
+                if detail["state"] == OPEN:
+                    detail["retry_in_s"] = round(state.breaker.retry_in(), 3)
+            if state.latency.p50 is not None:
+                detail["latency_p50_ms"] = round(state.latency.p50 * 1000, 3)
+            if state.limiter is not None:
+                detail["in_flight"] = state.limiter.active
+                detail["queued"] = state.limiter.queued
+            report[r.key] = detail
+        for name in self.missing:
+            report.setdefault(name, {"provider": name, "state": "not_enabled"})
+        return report
+
+
+def counts_against_target(err: GatewayError) -> bool:
+    """Failures that say the target is unhealthy. 429s, saturation, client errors and
+    disconnects do not."""
+    if err.code in ("provider_saturated", "client_closed") or err.status in (429, 499):
+        return False
+    if is_transport_failure(err):
+        return True
+    return err.status >= 500 or err.upstream_status == 408
+
+
+def _timeout_of(target: TargetConfig) -> TimeoutConfig | None:
+    if target.timeout is None or isinstance(target.timeout, TimeoutConfig):
+        return target.timeout
+    return TimeoutConfig(total=float(target.timeout))
 
 
 async def _first_chunk(stream: AsyncIterator[StreamChunk]) -> StreamChunk:
