@@ -3,7 +3,10 @@
 `ToolServer` runs the SDK's Streamable HTTP app under uvicorn on a loopback port in a
 thread of its own (so a slow tool never stalls the test's event loop). Modes:
 `json_response=True` answers each POST with one JSON body, otherwise with an SSE stream;
-`stateless=True` keeps no sessions. `restart()` brings up a fresh server on the same port,
+`stateless=True` keeps no sessions; `resumable=True` adds an event store, so SSE answers start
+with a priming event and the `hang_up` tool closes its stream before answering (the client
+must resume with GET + Last-Event-ID). `PagedToolServer` is a low-level SDK server whose
+`tools/list` comes in pages. `restart()` brings up a fresh server on the same port,
 which forgets every session, as a real redeploy does. Every HTTP request the server gets is
 recorded in `requests` (method and headers), every tool call in `calls`.
 """
@@ -17,9 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import mcp_types as types
 import uvicorn
+from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 
 WEATHER = "Sunny and 21 C in {city}"
 
@@ -35,6 +41,7 @@ class ToolServer:
     name: str = "tools"
     json_response: bool = False
     stateless: bool = False
+    resumable: bool = False
     port: int = 0
     requests: list[SeenRequest] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -45,7 +52,7 @@ class ToolServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
-    def build(self) -> MCPServer:
+    def build(self) -> Any:
         server = MCPServer(self.name)
         calls = self.calls
 
@@ -93,11 +100,22 @@ class ToolServer:
             await ctx.session.send_tool_list_changed()
             return "added"
 
+        @server.tool()
+        async def hang_up(ctx: Context) -> str:
+            """Closes its answer stream first; the result comes on the resumed stream."""
+            calls.append(("hang_up", {}))
+            await ctx.close_sse_stream()
+            await asyncio.sleep(0.2)
+            return "answered after the hang-up"
+
         return server
 
     def _app(self) -> Any:
+        extra: dict[str, Any] = {}
+        if self.resumable:
+            extra = {"event_store": MemoryEventStore(), "retry_interval": 50}
         app = self.build().streamable_http_app(
-            json_response=self.json_response, stateless_http=self.stateless
+            json_response=self.json_response, stateless_http=self.stateless, **extra
         )
         seen = self.requests
 
@@ -144,8 +162,74 @@ class ToolServer:
         return [r for r in self.requests if r.method == method]
 
 
+class PagedToolServer(ToolServer):
+    """A low-level SDK server listing `count` tools, `page_size` per tools/list page."""
+
+    count: int = 5
+    page_size: int = 2
+
+    def build(self) -> Any:
+        names = [f"tool_{i}" for i in range(self.count)]
+        size = self.page_size
+        calls = self.calls
+
+        async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+            start = int(params.cursor) if params is not None and params.cursor else 0
+            page = names[start : start + size]
+            more = start + size < len(names)
+            return types.ListToolsResult(
+                tools=[
+                    types.Tool(name=n, description=f"Tool number {n[5:]}", input_schema={"type": "object"})
+                    for n in page
+                ],
+                next_cursor=str(start + size) if more else None,
+            )
+
+        async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+            calls.append((params.name, params.arguments or {}))
+            return types.CallToolResult(content=[types.TextContent(type="text", text=f"{params.name} ran")])
+
+        return Server(self.name, on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+class MemoryEventStore(EventStore):
+    """Keeps every SSE event so a client can resume a stream with Last-Event-ID."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Any]] = []  # (event id, stream id, message)
+
+    async def store_event(self, stream_id: str, message: Any) -> str:
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        position = next((i for i, e in enumerate(self.events) if e[0] == last_event_id), None)
+        if position is None:
+            return None
+        stream_id = self.events[position][1]
+        for event_id, sid, message in self.events[position + 1 :]:
+            if sid == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
+
+
 def free_port() -> int:
     """A loopback port nothing listens on right now (for a server that starts later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def eventually(check: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `check()` (sync or async) until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
