@@ -76,9 +76,17 @@ async def start(
     gateway: Gateway | None = None,
     config_source: str | None = None,
 ) -> Running:
+    from ferro_proxy.admin.lifecycle import close_state, open_state, state_started
+
     gateway = gateway or Gateway(env)
     gateway.config_source = config_source
-    await gateway.apply(config, actor="startup")
+    await open_state(gateway)  # stores and admin routes, before the chain is built
+    try:
+        await gateway.apply(config, actor="startup")
+        await state_started(gateway, config, config_source)  # config version, file watch
+    except BaseException:
+        await close_state(gateway)
+        raise
     for hook in list(gateway.services.get("startup_hooks", [])):
         await hook(gateway)
     proxy_runner = web.AppRunner(create_proxy_app(gateway), handler_cancellation=True, access_log=None)

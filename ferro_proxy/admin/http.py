@@ -1,0 +1,178 @@
+"""Plumbing shared by the admin handlers: scope checks, JSON in and out, query parsing,
+and OpenAI-shaped errors for everything under /admin (including 404 and 405)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+from ferro_proxy.admin.credentials import Principal, validator_for
+from ferro_proxy.errors import GatewayError, bad_request
+from ferro_proxy.gateway import Gateway
+
+log = logging.getLogger("ferro_proxy.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GATEWAY = web.AppKey("admin_gateway", Gateway)
+PRINCIPAL = "ferro_principal"
+READ = ("read_only", "admin")
+ADMIN = ("admin",)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(data, default=str),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def error_response(err: GatewayError) -> web.Response:
+    return json_response(err.payload(), status=err.status, headers=err.headers)
+
+
+def bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def requires(scopes: tuple[str, ...], handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        token = bearer(request)
+        if not token:
+            raise GatewayError(
+                401,
+                "an admin API key is required: send Authorization: Bearer <key>",
+                code="missing_api_key",
+                type="authentication_error",
+            )
+        principal = await validator_for(request.app[GATEWAY]).check(token)
+        if not principal.has_any(*scopes):
+            raise GatewayError(
+                403,
+                f"this key lacks the scope for {request.method} {request.path} (needs {' or '.join(scopes)})",
+                code="insufficient_scope",
+                type="permission_error",
+            )
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return guarded
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+@web.middleware
+async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """OpenAI-shaped errors for /admin/* (never a traceback)."""
+    if not request.path.startswith("/admin"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except GatewayError as err:
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+            exc.status, "http_error"
+        )
+        message = {
+            404: f"no admin route {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+        }
+        return error_response(GatewayError(exc.status, message.get(exc.status, exc.reason), code=code))
+    except Exception:
+        log.exception("admin handler failed on %s %s", request.method, request.path)
+        return error_response(GatewayError(500, "internal admin API error", code="internal_error"))
+
+
+async def read_document(request: web.Request) -> Any:
+    """A JSON (or YAML, by Content-Type) request body."""
+    raw = await request.read()
+    if not raw.strip():
+        raise bad_request("request body is empty", code="invalid_json")
+    try:
+        if "yaml" in (request.content_type or ""):
+            return yaml.safe_load(raw)
+        return orjson.loads(raw)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise bad_request(f"request body is not valid JSON/YAML: {exc}", code="invalid_json") from None
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    body = await read_document(request)
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def int_param(request: web.Request, name: str, default: int, low: int = 0, high: int | None = None) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"invalid {name}: must be an integer", param=name) from None
+    if value < low:
+        raise bad_request(f"invalid {name}: must be >= {low}", param=name)
+    return min(value, high) if high is not None else value
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(value: Any, name: str) -> float | None:
+    """RFC 3339, epoch seconds, or a relative age like `15m`, `24h` (meaning that long ago)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    m = _RELATIVE.match(text)
+    if m:
+        return time.time() - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_request(
+            f"invalid {name}: use RFC 3339 (2025-01-31T12:00:00Z), epoch seconds or an age like 15m",
+            param=name,
+        ) from None
+    if parsed.tzinfo is None:
+        raise bad_request(f"invalid {name}: the time needs a timezone (e.g. Z)", param=name)
+    return parsed.timestamp()
+
+
+def not_found(what: str) -> GatewayError:
+    return GatewayError(404, f"{what} not found", code="not_found")
+
+
+async def audit(request: web.Request, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
+    """Record who changed what; a failing audit store is logged, never fatal."""
+    store = request.app[GATEWAY].services.get("audit")
+    if store is None:
+        return
+    try:
+        await store.add(principal(request).actor, action, target, detail or {})
+    except Exception as exc:
+        log.error("could not write the audit log: %s", type(exc).__name__)
