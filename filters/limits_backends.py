@@ -157,3 +157,148 @@ class WriteBehind:
     async def drain(self) -> None:
         if self._all:
             await asyncio.gather(*list(self._all), return_exceptions=True)
+
+
+# ---------------------------------------------------------------- token buckets
+
+
+class BucketDecision:
+    """The outcome of one atomic check over several buckets: levels are after the take."""
+
+    __slots__ = ("allowed", "wait", "levels")
+
+    def __init__(self, allowed: bool, wait: float, levels: list[float]) -> None:
+        self.allowed = allowed
+        self.wait = wait
+        self.levels = levels
+
+
+# A bucket is (storage key, refill rate per second, capacity, cost). `take` takes every cost
+# or none: a request passes only when each bucket holds min(cost, capacity), so a single
+# request larger than a bucket still passes when the bucket is full (and leaves it in debt).
+# `charge` adds a cost (or, negative, a refund) after the fact, without checking.
+Bucket = tuple[str, float, float, float]
+
+_BUCKET_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local charge = ARGV[1] == 'charge'
+local levels = {}
+local ok = 1
+local wait = 0
+for i = 1, #KEYS do
+  local rate = tonumber(ARGV[i * 3 - 1])
+  local cap = tonumber(ARGV[i * 3])
+  local cost = tonumber(ARGV[i * 3 + 1])
+  local state = redis.call('HMGET', KEYS[i], 'l', 't')
+  local level = tonumber(state[1])
+  local stamp = tonumber(state[2])
+  if level == nil or stamp == nil then
+    level = cap
+    stamp = now
+  end
+  if now > stamp then
+    level = math.min(cap, level + (now - stamp) * rate)
+  end
+  levels[i] = level
+  if not charge then
+    local need = math.min(cost, cap)
+    if level < need then
+      ok = 0
+      local w = (need - level) / rate
+      if w > wait then wait = w end
+    end
+  end
+end
+local out = {ok, tostring(wait)}
+for i = 1, #KEYS do
+  local rate = tonumber(ARGV[i * 3 - 1])
+  local cap = tonumber(ARGV[i * 3])
+  local cost = tonumber(ARGV[i * 3 + 1])
+  local level = levels[i]
+  if ok == 1 then
+    level = math.min(cap, level - cost)
+    redis.call('HSET', KEYS[i], 'l', tostring(level), 't', tostring(now))
+    redis.call('PEXPIRE', KEYS[i], math.ceil((cap - level) / rate * 1000) + 1000)
+  end
+  out[i + 2] = tostring(level)
+end
+return out
+"""
+
+
+def _refill(level: float, stamp: float, now: float, rate: float, cap: float) -> float:
+    return min(cap, level + (now - stamp) * rate) if now > stamp else level
+
+
+class MemoryBuckets:
+    """Token buckets in this process (each sidecar limits on its own)."""
+
+    def __init__(self, max_buckets: int = 100_000) -> None:
+        self._state: dict[str, tuple[float, float, float]] = {}  # key -> (level, stamp, full again at)
+        self._max = max_buckets
+
+    async def take(self, buckets: list[Bucket]) -> BucketDecision:
+        return self._apply(buckets, charge=False)
+
+    async def charge(self, buckets: list[Bucket]) -> None:
+        self._apply(buckets, charge=True)
+
+    def charge_now(self, buckets: list[Bucket]) -> None:
+        self._apply(buckets, charge=True)
+
+    def _apply(self, buckets: list[Bucket], charge: bool) -> BucketDecision:
+        now = time.monotonic()
+        state = self._state
+        levels: list[float] = []
+        allowed, wait = True, 0.0
+        for key, rate, cap, cost in buckets:
+            level, stamp, _ = state.get(key, (cap, now, now))
+            level = _refill(level, stamp, now, rate, cap)
+            levels.append(level)
+            need = min(cost, cap)
+            if not charge and level < need:
+                allowed, wait = False, max(wait, (need - level) / rate)
+        if allowed:
+            for i, (key, rate, cap, cost) in enumerate(buckets):
+                levels[i] = min(cap, levels[i] - cost)
+                state[key] = (levels[i], now, now + (cap - levels[i]) / rate)
+            if len(state) > self._max:
+                self._forget_full(now)
+        return BucketDecision(allowed, wait, levels)
+
+    def _forget_full(self, now: float) -> None:
+        """Drop buckets that are full again (as good as new); the oldest half if none are."""
+        idle = [k for k, (_, _, full_at) in self._state.items() if full_at <= now]
+        for key in idle or list(self._state)[: len(self._state) // 2]:
+            del self._state[key]
+
+    async def close(self) -> None:
+        self._state.clear()
+
+
+class RedisBuckets:
+    """Token buckets in Redis, checked and taken in one server-side script (one round trip),
+    on Redis's clock, so every sidecar in a fleet shares the same limits."""
+
+    def __init__(self, dsn: str, prefix: str, timeout: float) -> None:
+        self.prefix = prefix
+        self._client: Any = redis_client(dsn, timeout)
+        self._script = self._client.register_script(_BUCKET_SCRIPT)
+
+    async def take(self, buckets: list[Bucket]) -> BucketDecision:
+        return await self._run("take", buckets)
+
+    async def charge(self, buckets: list[Bucket]) -> None:
+        await self._run("charge", buckets)
+
+    async def _run(self, mode: str, buckets: list[Bucket]) -> BucketDecision:
+        keys = [self.prefix + b[0] for b in buckets]
+        args: list[Any] = [mode]
+        for _key, rate, cap, cost in buckets:
+            args += [repr(float(rate)), repr(float(cap)), repr(float(cost))]
+        out = await self._script(keys=keys, args=args)
+        return BucketDecision(int(out[0]) == 1, float(out[1]), [float(v) for v in out[2:]])
+
+    async def close(self) -> None:
+        await self._client.aclose()
