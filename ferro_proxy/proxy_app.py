@@ -208,5 +208,8 @@ def create_proxy_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     # Other ingresses (Anthropic Messages ...) add their routes here, before the catch-all.
+    from ferro_proxy.ingress_anthropic import add_routes as add_anthropic_routes
+
+    add_anthropic_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough_handler)
     return app

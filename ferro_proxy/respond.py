@@ -27,6 +27,8 @@ access_log = logging.getLogger("ferro_proxy.access")
 log = logging.getLogger("ferro_proxy.proxy")
 
 ErrorRenderer = Callable[[GatewayError], tuple[bytes, bytes]]  # -> (JSON body, final SSE event)
+# Turns the chain's reply into the ingress's own shape (e.g. Anthropic Messages) before it is written.
+ReplyTransform = Callable[[Exchange, Reply], None]
 
 
 def openai_errors(err: GatewayError) -> tuple[bytes, bytes]:
@@ -51,9 +53,15 @@ def _overhead_ms(ex: Exchange) -> str:
 
 
 async def serve(
-    gateway: Gateway, request: web.Request, ex: Exchange, render: ErrorRenderer = openai_errors
+    gateway: Gateway,
+    request: web.Request,
+    ex: Exchange,
+    render: ErrorRenderer = openai_errors,
+    transform: ReplyTransform | None = None,
 ) -> web.StreamResponse:
-    """Run `ex` through the chain and write the answer. Never raises to aiohttp."""
+    """Run `ex` through the chain and write the answer. Never raises to aiohttp.
+
+    `transform(ex, reply)`, if given, reshapes the reply in place before it is written."""
     runtime = gateway.runtime
     assert runtime is not None
     runtime.enter()
@@ -67,6 +75,8 @@ async def serve(
     try:
         try:
             reply = await runtime.chain(ex)
+            if transform is not None:
+                transform(ex, reply)
         except GatewayError as err:
             error = err
         except asyncio.CancelledError:
