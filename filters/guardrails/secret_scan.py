@@ -83,6 +83,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
 )
 BUILTIN_NAMES = frozenset(r.name for r in BUILTIN_RULES)
 
+# Well-known identifiers that look random but are public by design (Stripe publishable keys).
+_PUBLIC_PREFIXES = ("pk_live_", "pk_test_")
 _TOKEN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/=_-]{20,}(?![A-Za-z0-9+/=_-])")
 
 
@@ -173,7 +175,7 @@ class SecretScan(Guardrail):
         out = []
         for m in _TOKEN.finditer(text):
             token = m.group()
-            if len(token) < cfg.entropy_min_length or not _mixed(token):
+            if len(token) < cfg.entropy_min_length or token.startswith(_PUBLIC_PREFIXES) or not _mixed(token):
                 continue
             start, end = m.span()
             if any(f.start < end and start < f.end for f in known):
