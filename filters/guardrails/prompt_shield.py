@@ -79,7 +79,7 @@ BUILTIN_SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
     ),
     (
         "encoded_instructions",
-        0.4,
+        0.5,
         re.compile(
             r"\b(?:decode|decipher|translate)\b[^.\n]{0,40}\b(?:base64|rot13|hex|binary)\b[^.\n]{0,60}"
             r"\b(?:follow|execute|obey|run|do\s+what)\b",
