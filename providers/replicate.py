@@ -42,6 +42,8 @@ REPLICATE_MODELS = (
 )
 _RUNNING = frozenset({"starting", "processing"})
 _POLL_DELAYS = (0.25, 0.5, 1.0, 2.0)  # then every 2 s until the request's deadline
+_CANCEL_TIMEOUT = aiohttp.ClientTimeout(total=10)
+_BACKGROUND: set[asyncio.Task[None]] = set()  # cancel calls in flight (kept referenced)
 _ASPECT = {
     "1024x1024": "1:1",
     "512x512": "1:1",
@@ -397,12 +399,29 @@ class ReplicateProvider(Provider):
                 resp.release()
             else:
                 resp.close()
+                self._cancel_soon(ex, prediction)
         yield StreamChunk.from_json({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         usage = await self._final_usage(ex, prediction, timeout)
         record_usage(ex, usage)
         if ex.wants_usage_chunk:
             yield StreamChunk.from_json({**base, "choices": [], "usage": (usage or Usage()).to_openai()})
         yield StreamChunk.done()
+
+    def _cancel_soon(self, ex: Exchange, prediction: dict[str, Any]) -> None:
+        """An abandoned stream: cancel the prediction so Replicate stops generating (and billing)."""
+        cancel_url = (prediction.get("urls") or {}).get("cancel")
+        if not cancel_url:
+            return
+        task = asyncio.get_running_loop().create_task(self._cancel(ex, cancel_url))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _cancel(self, ex: Exchange, url: str) -> None:
+        try:
+            async with self.session.post(url, headers=self._headers(ex, wait=False), timeout=_CANCEL_TIMEOUT):
+                pass
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            pass  # best effort: the prediction also ends on its own
 
     async def _final_usage(
         self, ex: Exchange, prediction: dict[str, Any], timeout: aiohttp.ClientTimeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import aiohttp
@@ -119,6 +120,22 @@ async def test_stream_error_event_and_cut_stream(client, fake):
             async for _ in stream:
                 pass
         assert expected in info.value.message
+
+
+async def test_abandoned_stream_cancels_the_prediction(client, fake):
+    fake.script = [{"hold": True}]
+    stream = await client.chat.completions.create(
+        model=LLAMA, messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break  # the user stops reading after the first words
+    await stream.close()
+    for _ in range(200):  # wait (bounded) for the gateway to notice and cancel upstream
+        if fake.canceled:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.canceled == ["pred0001"]
 
 
 async def test_image_input_url_and_base64(client, fake):

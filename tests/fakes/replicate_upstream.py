@@ -11,7 +11,9 @@ serves SSE events `output` (a text piece), `error` and `done`. Errors are proble
 Validation mirrors the model schemas: language models need a string `prompt` and take
 `stop_sequences` as one string; image models need `prompt`; a bad token is a 401.
 `fake.script` steers the next prediction: `{"slow": 2}` (still processing for two polls),
-`{"fail": "msg"}`, `{"status": 429}`, `{"stream_error": "msg"}`, `{"cut_after": 1}`.
+`{"fail": "msg"}`, `{"status": 429}`, `{"stream_error": "msg"}`, `{"cut_after": 1}`,
+`{"hold": True}` (the stream pauses after its first piece until `fake.release` is set).
+`POST /v1/predictions/{id}/cancel` cancels; `fake.canceled` lists the ids.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Prediction:
     polls_left: int = 0
     stream_error: str | None = None
     cut_after: int | None = None
+    hold: bool = False
 
 
 @dataclass
@@ -83,6 +86,8 @@ class FakeReplicate:
     predictions: dict[str, Prediction] = field(default_factory=dict)
     runner: web.AppRunner | None = None
     port: int = 0
+    canceled: list[str] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -94,6 +99,7 @@ class FakeReplicate:
         app.router.add_post("/v1/models/{owner}/{name}/predictions", self.create_for_model)
         app.router.add_post("/v1/predictions", self.create_for_version)
         app.router.add_get("/v1/predictions/{id}", self.get)
+        app.router.add_post("/v1/predictions/{id}/cancel", self.cancel)
         app.router.add_get("/stream/{id}", self.stream)
         app.router.add_get("/files/{id}/{file}", self.file)
         self.runner = web.AppRunner(app)
@@ -104,6 +110,7 @@ class FakeReplicate:
         return self
 
     async def stop(self) -> None:
+        self.release.set()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -192,6 +199,7 @@ class FakeReplicate:
             int(behaviour.get("slow", 0)),
             behaviour.get("stream_error"),
             behaviour.get("cut_after"),
+            bool(behaviour.get("hold")),
         )
         if behaviour.get("fail"):
             data.update(status="failed", error=behaviour["fail"])
@@ -253,10 +261,27 @@ class FakeReplicate:
                 return resp
             await resp.write(f"event: output\nid: {i}\ndata: {piece}\n\n".encode())
             await asyncio.sleep(0)
+            if pred.hold and i == 0:
+                try:
+                    await asyncio.wait_for(self.release.wait(), 10)
+                except TimeoutError:
+                    pass
         self._succeed(pred)
         await resp.write(b"event: done\ndata: {}\n\n")
         await resp.write_eof()
         return resp
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if not self._authorized(request):
+            return problem(401, "You did not pass a valid authentication token")
+        pred = self.predictions.get(request.match_info["id"])
+        if pred is None:
+            return problem(404, "The requested resource could not be found.")
+        if pred.data["status"] in ("starting", "processing"):
+            pred.data["status"] = "canceled"
+        self.canceled.append(pred.data["id"])
+        return web.json_response(pred.data)
 
     async def file(self, request: web.Request) -> web.Response:
         import base64
