@@ -22,7 +22,10 @@ log = logging.getLogger("ferro_proxy.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GATEWAY = web.AppKey("admin_gateway", Gateway)
-PRINCIPAL = "ferro_principal"
+# aiohttp >= 3.12 has typed request keys; older releases take a string.
+PRINCIPAL: Any = (
+    web.RequestKey("ferro_principal", Principal) if hasattr(web, "RequestKey") else "ferro_principal"
+)
 READ = ("read_only", "admin")
 ADMIN = ("admin",)
 
