@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
+
 from ferro_proxy.chain import Chain, Filter, build_filters
 from ferro_proxy.config import ConfigError, GatewayConfig
 from ferro_proxy.metrics import Metrics
@@ -111,11 +113,11 @@ class Gateway:
                 old = previous.providers.get(name)
                 if old is not None and old.settings == provider.settings:
                     providers[name] = old
-        old_by_plugin: dict[Any, Filter] = {}
+        old_by_plugin: dict[bytes, Filter] = {}
         if previous is not None:
             for f in previous.chain.filters:
                 if f.plugin is not None:
-                    old_by_plugin.setdefault(f.plugin, f)
+                    old_by_plugin.setdefault(_plugin_identity(f.plugin), f)
         holder = _PendingRuntime(config, providers)
         self_runtime = self.runtime
         self.runtime = holder  # filters read gateway.config while they are built
@@ -125,7 +127,7 @@ class Gateway:
                 fresh = hook(config, self, fresh)
             filters = []
             for f in fresh:
-                reused = old_by_plugin.pop(f.plugin, None) if f.plugin is not None else None
+                reused = old_by_plugin.pop(_plugin_identity(f.plugin), None) if f.plugin is not None else None
                 filters.append(reused or f)
             from filters.router import Router
 
@@ -188,6 +190,11 @@ class Gateway:
                 result = closer()
                 if asyncio.iscoroutine(result):
                     await result
+
+
+def _plugin_identity(plugin: Any) -> bytes:
+    """PluginConfig is a mutable (unhashable) Struct: unchanged plugins are found by their encoding."""
+    return msgspec.json.encode(plugin)
 
 
 class _PendingRuntime(Runtime):
