@@ -302,3 +302,137 @@ class RedisBuckets:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+# ---------------------------------------------------------------- spend (budgets)
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PG_LOCK_ID = 0x6665_7272_6F62  # "ferrob": serializes table creation across sidecars
+
+
+def check_table_name(name: str) -> None:
+    if not _TABLE_NAME.match(name):
+        raise ValueError(f"table {name!r} must be a plain SQL identifier (letters, digits, _)")
+
+
+class MemorySpend:
+    """Spend in this process, in a dict the gateway keeps across config reloads."""
+
+    def __init__(self, table: dict[str, dict[str, float]]) -> None:
+        self._by_period = table  # period -> scope -> USD
+
+    async def get(self, scope: str, period: str) -> float:
+        return self._by_period.get(period, {}).get(scope, 0.0)
+
+    async def add(self, scope: str, period: str, usd: float, expires_at: float | None) -> None:
+        self.add_now(scope, period, usd)
+
+    def add_now(self, scope: str, period: str, usd: float) -> None:
+        for old in [p for p in self._by_period if p != period]:
+            del self._by_period[old]  # a new window started: earlier spend no longer counts
+        spent = self._by_period.setdefault(period, {})
+        spent[scope] = spent.get(scope, 0.0) + usd
+
+    async def close(self) -> None:
+        """The spend stays with the gateway (kept across reloads)."""
+
+
+class RedisSpend:
+    """Spend as Redis floats (INCRBYFLOAT), one key per scope and window, expiring after it."""
+
+    def __init__(self, dsn: str, prefix: str, timeout: float) -> None:
+        self.prefix = prefix
+        self._client: Any = redis_client(dsn, timeout)
+
+    def _key(self, scope: str, period: str) -> str:
+        return f"{self.prefix}{period}|{scope}"
+
+    async def get(self, scope: str, period: str) -> float:
+        value = await self._client.get(self._key(scope, period))
+        return float(value) if value else 0.0
+
+    async def add(self, scope: str, period: str, usd: float, expires_at: float | None) -> None:
+        key = self._key(scope, period)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.incrbyfloat(key, usd)
+        if expires_at is not None:
+            pipe.expireat(key, int(expires_at))
+        await pipe.execute()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class PostgresSpend:
+    """Spend rows `(scope, period) -> spend_usd` in a table created on first use.
+
+    The pool opens lazily, so a database that is down at start does not stop the gateway;
+    after a failed connect it is retried at most once a second.
+    """
+
+    def __init__(self, dsn: str, table: str, timeout: float) -> None:
+        check_table_name(table)
+        self.dsn = dsn
+        self.table = table
+        self.timeout = timeout
+        self._pool: Any = None
+        self._retry_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def pool(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        if time.monotonic() < self._retry_at:
+            raise ConnectionError("the budget database was unreachable a moment ago")
+        async with self._lock:
+            if self._pool is None:
+                try:
+                    self._pool = await self._open()
+                except Exception:
+                    self._retry_at = time.monotonic() + 1.0
+                    raise
+        return self._pool
+
+    async def _open(self) -> Any:
+        import asyncpg
+
+        pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=4, timeout=self.timeout, command_timeout=self.timeout
+        )
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _PG_LOCK_ID)
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                    " scope TEXT NOT NULL, period TEXT NOT NULL,"
+                    " spend_usd DOUBLE PRECISION NOT NULL DEFAULT 0,"
+                    " updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+                    " PRIMARY KEY (scope, period))"
+                )
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    async def get(self, scope: str, period: str) -> float:
+        pool = await self.pool()
+        value = await pool.fetchval(
+            f"SELECT spend_usd FROM {self.table} WHERE scope = $1 AND period = $2", scope, period
+        )
+        return float(value) if value is not None else 0.0
+
+    async def add(self, scope: str, period: str, usd: float, expires_at: float | None) -> None:
+        pool = await self.pool()
+        await pool.execute(
+            f"INSERT INTO {self.table} (scope, period, spend_usd) VALUES ($1, $2, $3)"
+            f" ON CONFLICT (scope, period) DO UPDATE"
+            f" SET spend_usd = {self.table}.spend_usd + EXCLUDED.spend_usd, updated_at = now()",
+            scope,
+            period,
+            usd,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
