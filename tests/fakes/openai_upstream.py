@@ -41,12 +41,13 @@ class FakeOpenAI:
     port: int = 0
     cancelled: int = 0
     tool_call: dict[str, Any] | None = None  # answer with this tool call when tools are sent
+    record: bool = True  # keep every request (off for benchmarks)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def start(self) -> FakeOpenAI:
+    async def start(self, port: int = 0) -> FakeOpenAI:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
@@ -56,7 +57,7 @@ class FakeOpenAI:
         app.router.add_route("*", "/v1/{tail:.*}", self.other)
         self.runner = web.AppRunner(app, handler_cancellation=True)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
         await site.start()
         self.port = self.runner.addresses[0][1]
         return self
@@ -74,7 +75,8 @@ class FakeOpenAI:
         except orjson.JSONDecodeError:
             body = None
         rec = Recorded(request.method, request.path_qs, dict(request.headers), body, raw)
-        self.requests.append(rec)
+        if self.record:
+            self.requests.append(rec)
         return rec
 
     async def _behaviour(self, request: web.Request) -> tuple[dict[str, Any], web.StreamResponse | None]:
