@@ -148,6 +148,24 @@ async def test_streamed_tool_call(client, fake):
     assert args == '{"city":"Kyiv"}' and finish == "tool_calls"
 
 
+async def test_named_tool_choice_offers_only_that_tool(client, fake):
+    other = {
+        "type": "function",
+        "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+    }
+    fake.tool_call = {"name": "get_weather", "arguments": '{"city":"Rome"}'}
+    await client.chat.completions.create(
+        model="command-a-03-2025",
+        messages=[{"role": "user", "content": "Rome?"}],
+        tools=[other, TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    sent = fake.requests[-1].body
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"] and sent[
+        "tool_choice"
+    ] == "REQUIRED"
+
+
 async def test_image_inputs(client, fake):
     data_url = "data:image/png;base64," + TINY_PNG_B64
     await client.chat.completions.create(

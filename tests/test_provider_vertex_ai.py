@@ -236,3 +236,18 @@ def test_default_base_url_is_regional():
             f"https://{host}.googleapis.com/v1/projects/p1/locations/{region}"
             "/publishers/google/models/gemini-2.0-flash:generateContent"
         )
+
+
+async def test_pinning_chooses_vertex_when_gemini_is_also_enabled(gateway_factory, fake):
+    env = vertex_env(
+        fake, VERTEX_AI_API_KEY=fake.api_key, GEMINI_API_KEY=fake.api_key, GEMINI_BASE_URL=fake.base_url
+    )
+    client = sdk(await gateway_factory(env=env))
+    await client.chat.completions.create(
+        model="gemini-2.0-flash", messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert fake.requests[-1].path == "/v1beta/models/gemini-2.0-flash:generateContent"
+    await client.chat.completions.create(
+        model="vertex-ai/gemini-2.0-flash", messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert fake.requests[-1].path == f"{MODEL_PATH}/gemini-2.0-flash:generateContent"
