@@ -223,3 +223,23 @@ async def test_bad_config_is_reported_with_its_path(gateway_factory, fake_openai
     with pytest.raises(ConfigError) as info:
         await gateway_factory({"plugins": [{"name": "rate-limit", "config": config}]}, env=env)
     assert fragment in str(info.value)
+
+
+async def test_a_gateway_keys_own_rpm_limit_applies(gateway_factory, fake_openai):
+    from ferro_proxy.stores.records import mint_key
+
+    gw = await limited_gateway(
+        gateway_factory, fake_openai, [{"scope": "global", "requests_per_minute": 100}]
+    )
+    limited, limited_token = mint_key("limited", ["proxy"], rpm_limit=1)
+    other, other_token = mint_key("other", ["proxy"])
+    await gw.gateway.services["keys"].create(limited)
+    await gw.gateway.services["keys"].create(other)
+    c = client(gw, limited_token)
+    headers = await chat(c)
+    assert headers["x-ratelimit-limit-requests"] == "1"  # the tighter of the two limits
+    err = await refused(c)
+    assert "1 requests per minute for this key" in err.body["message"]
+    assert limited_token not in err.response.text
+    headers = await chat(client(gw, other_token))
+    assert headers["x-ratelimit-limit-requests"] == "100"
