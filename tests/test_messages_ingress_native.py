@@ -5,14 +5,14 @@ untouched, so thinking blocks and cache_control work through the gateway."""
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import anthropic
 import pytest
 
-from ferro_proxy.chain import Filter, register_filter
+from ferro_proxy.chain import FILTERS, Filter
 from ferro_proxy.exchange import Exchange
 from tests.fakes.anthropic_upstream import FakeAnthropic
 
@@ -51,13 +51,13 @@ RICH_REQUEST: dict[str, Any] = {
 }
 
 
-@register_filter
 class RedactSecrets(Filter):
     """A test filter that edits the OpenAI view: redacts a word in the last message and
     caps max_tokens, the kinds of rewrite guardrails and limit filters make."""
 
     name = "test-redact-secret"
     type = "transform"
+    description = "test only: redacts 'secret' in the last message, caps max_tokens"
 
     async def on_request(self, ex: Exchange) -> None:
         assert ex.body is not None
@@ -65,6 +65,29 @@ class RedactSecrets(Filter):
         last["content"] = last["content"].replace("secret", "[redacted]")
         ex.body["max_tokens"] = min(ex.body.get("max_tokens") or 512, 512)
         return None
+
+
+class AppendTurn(Filter):
+    """A test filter that appends a user turn, as an agent loop or prompt filter might."""
+
+    name = "test-append-turn"
+    type = "transform"
+    description = "test only: appends a user message"
+
+    async def on_request(self, ex: Exchange) -> None:
+        assert ex.body is not None
+        ex.body["messages"].append({"role": "user", "content": "Answer in French."})
+        return None
+
+
+@pytest.fixture
+def test_filters() -> Iterator[None]:
+    """Register the test filters for one test only, so no other test sees them."""
+    added = {f.name: f for f in (RedactSecrets, AppendTurn) if f.name not in FILTERS}
+    FILTERS.update(added)
+    yield
+    for name in added:
+        FILTERS.pop(name, None)
 
 
 @pytest.fixture
@@ -163,7 +186,9 @@ async def test_tool_use_round_trip_natively(claude, fake_anthropic: FakeAnthropi
     }
 
 
-async def test_filter_changes_are_carried_into_the_native_body(gateway_factory, fake_anthropic) -> None:
+async def test_filter_changes_are_carried_into_the_native_body(
+    gateway_factory, fake_anthropic, test_filters
+) -> None:
     running = await gateway_factory({"plugins": [{"name": "test-redact-secret"}]}, env=_env(fake_anthropic))
     claude = anthropic.AsyncAnthropic(api_key="k", base_url=running.proxy_url, max_retries=0)
     await claude.messages.create(**copy.deepcopy(RICH_REQUEST))
@@ -172,6 +197,17 @@ async def test_filter_changes_are_carried_into_the_native_body(gateway_factory, 
     expected["max_tokens"] = 512
     expected["messages"][-1]["content"] = "Is my [redacted] plan to visit Oslo a good idea?"
     assert sent == expected  # the untouched turns, system, tools and thinking stay verbatim
+
+
+async def test_turns_appended_by_a_filter_follow_the_verbatim_ones(
+    gateway_factory, fake_anthropic, test_filters
+) -> None:
+    running = await gateway_factory({"plugins": [{"name": "test-append-turn"}]}, env=_env(fake_anthropic))
+    claude = anthropic.AsyncAnthropic(api_key="k", base_url=running.proxy_url, max_retries=0)
+    await claude.messages.create(**copy.deepcopy(RICH_REQUEST))
+    sent = fake_anthropic.last.body
+    assert sent["messages"] == [*RICH_REQUEST["messages"], {"role": "user", "content": "Answer in French."}]
+    assert sent["system"] == RICH_REQUEST["system"] and sent["thinking"] == RICH_REQUEST["thinking"]
 
 
 async def test_clients_own_key_is_forwarded_when_none_is_configured(gateway_factory, fake_anthropic) -> None:
