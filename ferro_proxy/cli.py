@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     validate.set_defaults(func=cmd_validate)
 
+    import ferro_proxy.admin_cli  # noqa: F401  (registers `admin` and `plugins`)
+
     for add in SUBCOMMANDS:
         add(sub)
     return parser
