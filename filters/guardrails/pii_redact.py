@@ -111,6 +111,15 @@ def _iban(candidate: str) -> str | None:
     return None
 
 
+# Every number-shaped entity holds a digit followed by five or more digits or separators;
+# one fast search (a pattern that starts with a character class) rules them all out at once.
+_NUMBERISH = re.compile(r"\d[\d .()+-]{5,}")
+
+
+def _numberish(text: str) -> bool:
+    return _NUMBERISH.search(text) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Entity:
     name: str
@@ -125,15 +134,19 @@ ENTITIES: dict[str, Entity] = {
     for e in (
         Entity(
             "email",
-            re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])"),
+            # Local part, then '@': matched from the '@' (a literal the search jumps to) and
+            # the local part found by walking back, see `_email_start`.
+            re.compile(r"@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])"),
             hint=lambda t: "@" in t,
         ),
         Entity(
             "credit_card",
-            re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])"),
+            # The look-behind comes after the first digit so the search can skip to digits.
+            re.compile(r"\d(?<![\d-]\d)(?:[ -]?\d){12,18}(?!\d)"),
             _card,
+            _numberish,
         ),
-        Entity("ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), _ssn),
+        Entity("ssn", re.compile(r"\d(?<![\d-]\d)\d\d-\d{2}-\d{4}(?![\d-])"), _ssn, _numberish),
         Entity(
             "phone",
             re.compile(
@@ -141,6 +154,7 @@ ENTITIES: dict[str, Entity] = {
                 r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[ .-]\d{3}[ .-]\d{4})(?![\w])"
             ),
             _phone,
+            _numberish,
         ),
         Entity(
             "ipv4",
@@ -148,7 +162,7 @@ ENTITIES: dict[str, Entity] = {
                 r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
                 r"(?!\w|\.\d)"
             ),
-            hint=lambda t: "." in t,
+            hint=_numberish,
         ),
         Entity(
             "ipv6",
@@ -162,6 +176,7 @@ ENTITIES: dict[str, Entity] = {
                 r"(?<![A-Z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
             ),
             _iban,
+            _numberish,
         ),
         Entity(
             "aws_access_key",
@@ -181,6 +196,15 @@ ENTITIES: dict[str, Entity] = {
 }
 
 KEEP_LAST_FOUR = frozenset({"credit_card"})
+_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+
+
+def _email_start(text: str, at: int) -> int:
+    """Where the local part before the '@' at `at` starts (== at when there is none)."""
+    start = at
+    while start > 0 and text[start - 1] in _LOCAL_CHARS:
+        start -= 1
+    return start
 
 
 class PiiRedactConfig(GuardrailConfig, kw_only=True):
@@ -214,12 +238,22 @@ class PiiRedact(Guardrail):
 
     def scan(self, text: str) -> list[Finding]:
         found: list[Finding] = []
+        numberish: bool | None = None
         for entity in self.entities:
-            if entity.hint is not None and not entity.hint(text):
+            if entity.hint is _numberish:
+                if numberish is None:
+                    numberish = _numberish(text)
+                if not numberish:
+                    continue
+            elif entity.hint is not None and not entity.hint(text):
                 continue
             for m in entity.pattern.finditer(text):
                 start, end = m.span(entity.group)
-                value = m.group(entity.group)
+                if entity.name == "email":
+                    start = _email_start(text, start)
+                    if start == m.start():
+                        continue
+                value = text[start:end]
                 if entity.validate is not None:
                     checked = entity.validate(value)
                     if checked is None:

@@ -29,7 +29,10 @@ from filters.guardrails.text import Finding, Segment
 
 _I = re.IGNORECASE
 
-BUILTIN_SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
+# (name, weight, pattern, keywords): the pattern runs only on text (lower-cased) holding one
+# of the keywords, which keeps clean text cheap.
+Signal = tuple[str, float, re.Pattern[str], tuple[str, ...]]
+BUILTIN_SIGNALS: tuple[Signal, ...] = (
     (
         "ignore_instructions",
         0.6,
@@ -40,6 +43,7 @@ BUILTIN_SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
             r"|\b(?:ignore|disregard)\s+all\s+(?:of\s+)?(?:your\s+)?(?:instructions|rules|guidelines)\b",
             _I,
         ),
+        ("ignore", "disregard", "forget", "override", "bypass"),
     ),
     (
         "roleplay_jailbreak",
@@ -54,6 +58,7 @@ BUILTIN_SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
             r"|\bfrom\s+now\s+on,?\s+you\s+(?:are\s+no\s+longer|will\s+not\s+be)\s+(?:bound|restricted)\b",
             _I,
         ),
+        ("you are now", "anything now", " mode", "pretend", "act as", "from now on"),
     ),
     (
         "system_prompt_extraction",
@@ -66,6 +71,7 @@ BUILTIN_SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
             r"|\brepeat\s+(?:everything|all|the\s+(?:text|words))\s+(?:written\s+)?above\b",
             _I,
         ),
+        ("system", "initial", "hidden", "above", "were given"),
     ),
     (
         "fake_system_tag",
@@ -76,6 +82,7 @@ BUILTIN_SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
             r"|^[ \t]*system[ \t]*:[ \t]",
             _I | re.MULTILINE,
         ),
+        ("<|", "<<", "[inst", "[/inst", "system"),
     ),
     (
         "encoded_instructions",
@@ -85,6 +92,7 @@ BUILTIN_SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
             r"\b(?:follow|execute|obey|run|do\s+what)\b",
             _I,
         ),
+        ("base64", "rot13", "hex", "binary"),
     ),
 )
 ENCODED_WEIGHT = 0.4
@@ -145,7 +153,7 @@ class PromptShield(Guardrail):
                 raise ValueError(f"custom_signals[{i}].pattern: bad regular expression: {exc}") from None
             if custom.weight <= 0:
                 raise ValueError(f"custom_signals[{i}].weight: must be > 0")
-            signals.append((custom.name, custom.weight, compiled))
+            signals.append((custom.name, custom.weight, compiled, ()))
         if not signals:
             raise ValueError("no signals: enable builtin_signals or add custom_signals")
         self.signals = signals
@@ -156,12 +164,15 @@ class PromptShield(Guardrail):
         """One finding per signal match, with its (quote-damped) weight in `detail`."""
         found = []
         quoted_weight = self.config.quoted_weight
-        for name, weight, pattern in self.signals:
+        lowered = text.lower()
+        for name, weight, pattern, keywords in self.signals:
+            if keywords and not any(k in lowered for k in keywords):
+                continue
             for m in pattern.finditer(text):
                 start, end = m.span()
                 w = weight * quoted_weight if _quoted(text, start, end) else weight
                 found.append(Finding(name, self.config.action, start, end, detail={"weight": w}))
-        if decode and len(text) >= 48:
+        if decode and max(map(len, text.split()), default=0) >= 48:
             for m in _BASE64_BLOB.finditer(text):
                 decoded = _decoded_text(m.group())
                 if decoded is None:

@@ -43,7 +43,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule(
         "aws_secret_key",
         re.compile(r"(?i:aws.{0,20}?secret.{0,20}?[\"'=:\s]{1,4})([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"),
-        ("ecret", "ECRET"),
+        ("secret", "SECRET", "Secret"),
     ),
     Rule("anthropic_api_key", re.compile(r"\bsk-ant-[a-z]{2,8}\d{2}-[A-Za-z0-9_-]{40,}"), ("sk-ant-",)),
     Rule("ferro_gateway_key", re.compile(r"\bsk-ferro-[A-Za-z0-9_-]{16,}"), ("sk-ferro-",)),
@@ -55,9 +55,13 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule(
         "github_token",
         re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{60,})"),
-        ("gh", "github_pat_"),
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
-    Rule("gitlab_token", re.compile(r"\bgl(?:pat|dt|ptt|rt)-[A-Za-z0-9_-]{20,}"), ("gl",)),
+    Rule(
+        "gitlab_token",
+        re.compile(r"\bgl(?:pat|dt|ptt|rt)-[A-Za-z0-9_-]{20,}"),
+        ("glpat-", "gldt-", "glptt-", "glrt-"),
+    ),
     Rule("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), ("xox",)),
     Rule(
         "slack_webhook",
@@ -173,9 +177,13 @@ class SecretScan(Guardrail):
     def _entropy(self, text: str, known: list[Finding], action: str) -> list[Finding]:
         cfg = self.config
         out = []
+        min_length = cfg.entropy_min_length
+        # Only whitespace-separated words long enough to hold a token are searched.
+        if max(map(len, text.split()), default=0) < min_length:
+            return out
         for m in _TOKEN.finditer(text):
             token = m.group()
-            if len(token) < cfg.entropy_min_length or token.startswith(_PUBLIC_PREFIXES) or not _mixed(token):
+            if len(token) < min_length or token.startswith(_PUBLIC_PREFIXES) or not _mixed(token):
                 continue
             start, end = m.span()
             if any(f.start < end and start < f.end for f in known):

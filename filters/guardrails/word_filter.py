@@ -36,8 +36,15 @@ class WordFilter(Guardrail):
             alternation = rf"(?<!\w)(?:{alternation})(?!\w)"
         self.pattern = re.compile(alternation, 0 if config.case_sensitive else re.IGNORECASE)
         self.action = config.action
+        self.case_sensitive = config.case_sensitive
+        # Plain substring tests first: most text holds none of the words, and `in` is far
+        # cheaper than a case-insensitive regex scan.
+        self.needles = tuple(set(words if config.case_sensitive else (w.lower() for w in words)))
 
     def scan(self, text: str) -> list[Finding]:
+        haystack = text if self.case_sensitive else text.lower()
+        if not any(n in haystack for n in self.needles) and len(haystack) == len(text):
+            return []
         action = self.action
         return [
             Finding("blocked_word", action, m.start(), m.end(), replacement="*" * (m.end() - m.start()))
