@@ -433,7 +433,7 @@ class McpClient:
     async def _quietly(self, coro: Any) -> None:
         try:
             await coro
-        except McpError as exc:
+        except (McpError, RuntimeError, aiohttp.ClientError) as exc:  # best effort; RuntimeError: closed
             log.debug("MCP server %s: background message failed: %s", self.name, exc)
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger("ferro_proxy.mcp")
 INITIAL_BACKOFF = 0.25
 MAX_BACKOFF = 30.0
 FIRST_CONNECT_WAIT = 5.0  # the longest a request waits for a server's very first connect
+MIN_SETUP_TIMEOUT = 10.0  # connecting and listing tools get at least this, whatever the call timeout
 _NOT_A_FUNCTION_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -129,6 +130,10 @@ class ServerLink:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def setup_timeout(self) -> float:
+        return max(self.config.timeout_seconds, MIN_SETUP_TIMEOUT)
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mcp:{self.name}")
 
@@ -150,7 +155,7 @@ class ServerLink:
         backoff = INITIAL_BACKOFF
         while True:
             try:
-                async with asyncio.timeout(self.config.timeout_seconds):
+                async with asyncio.timeout(self.setup_timeout):
                     await self.client.initialize()
                     tools = await self.client.list_tools()
                 self._set_tools(tools)
@@ -158,8 +163,14 @@ class ServerLink:
                 backoff = INITIAL_BACKOFF
                 self.attempted.set()
                 await self._serve_until_broken()
-            except (McpError, TimeoutError) as exc:
-                reason = str(exc) if isinstance(exc, McpError) else "did not answer in time"
+            except Exception as exc:  # whatever went wrong, the loop keeps retrying
+                if isinstance(exc, McpError):
+                    reason = str(exc)
+                elif isinstance(exc, TimeoutError):
+                    reason = "did not answer in time"
+                else:
+                    log.exception("MCP server %s: unexpected failure", self.name)
+                    reason = f"unexpected failure: {type(exc).__name__}"
                 self._set_state("down", reason)
                 self.attempted.set()
                 try:
@@ -194,7 +205,7 @@ class ServerLink:
                 return  # the server offers no notification stream
             except McpSessionExpired:
                 try:
-                    async with asyncio.timeout(self.config.timeout_seconds):
+                    async with asyncio.timeout(self.setup_timeout):
                         await self.client.reinitialize(generation)
                 except (McpError, TimeoutError) as exc:
                     self.report_failure(str(exc) if isinstance(exc, McpError) else "re-initialize timed out")
@@ -258,7 +269,7 @@ class ServerLink:
         while self._refresh_again:
             self._refresh_again = False
             try:
-                async with asyncio.timeout(self.config.timeout_seconds):
+                async with asyncio.timeout(self.setup_timeout):
                     tools = await self.client.list_tools()
             except (McpError, TimeoutError) as exc:
                 log.warning("MCP server %s: could not refresh its tool list: %s", self.name, exc)
@@ -372,9 +383,8 @@ class McpManager:
         """The index, after waiting (briefly) for servers still on their first connect."""
         pending = [link for link in self.links.values() if not link.attempted.is_set()]
         if pending:
-            wait = min(FIRST_CONNECT_WAIT, max(link.config.timeout_seconds for link in pending))
             try:
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(FIRST_CONNECT_WAIT):
                     await asyncio.gather(*(link.attempted.wait() for link in pending))
             except TimeoutError:
                 pass

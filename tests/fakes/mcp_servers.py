@@ -100,6 +100,23 @@ class ToolServer:
             await ctx.session.send_tool_list_changed()
             return "added"
 
+        arrivals: list[str] = []
+        everyone_here = asyncio.Event()
+
+        @server.tool()
+        async def meet(who: str) -> str:
+            """Waits (up to 5 s) for a second caller: only calls made in parallel meet."""
+            calls.append(("meet", {"who": who}))
+            arrivals.append(who)
+            if len(arrivals) >= 2:
+                everyone_here.set()
+            try:
+                async with asyncio.timeout(5):
+                    await everyone_here.wait()
+            except TimeoutError:
+                return f"{who} waited alone"
+            return f"{who} met the other caller"
+
         @server.tool()
         async def hang_up(ctx: Context) -> str:
             """Closes its answer stream first; the result comes on the resumed stream."""
@@ -133,7 +150,7 @@ class ToolServer:
         sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self._app(), log_level="warning", lifespan="on", timeout_graceful_shutdown=1, access_log=False
+            self._app(), log_level="warning", lifespan="on", timeout_graceful_shutdown=0.2, access_log=False
         )
         server = uvicorn.Server(config)
         self._server = server
