@@ -59,6 +59,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inject_webhook(args: argparse.Namespace) -> int:
+    from ferro_proxy.k8s.webhook import run
+
+    return run(args.listen, args.tls_cert, args.tls_key, args.settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferro-proxy", description="OpenAI-compatible AI gateway sidecar")
     parser.add_argument("--version", action="version", version=f"ferro-proxy {__version__}")
@@ -83,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     import ferro_proxy.admin_cli  # noqa: F401  (registers `admin` and `plugins`)
+
+    webhook = sub.add_parser("inject-webhook", help="run the Kubernetes sidecar injector (mutating webhook)")
+    webhook.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT (default 0.0.0.0:8443)")
+    webhook.add_argument("--tls-cert", help="PEM certificate the API server trusts")
+    webhook.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    webhook.add_argument("--settings", help="injector settings YAML (image, config map, resources ...)")
+    webhook.set_defaults(func=cmd_inject_webhook)
 
     for add in SUBCOMMANDS:
         add(sub)

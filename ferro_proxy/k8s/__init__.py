@@ -1,0 +1,1 @@
+"""Kubernetes integration: the sidecar injector (mutating admission webhook)."""
