@@ -46,8 +46,21 @@ async def start_gateway(gateway_factory: Any, model: ToolModel, *servers: dict[s
     return await gateway_factory({"mcp_servers": list(servers)}, env=env)
 
 
-def sdk(running: Running) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key="sk-placeholder", base_url=running.proxy_url + "/v1", max_retries=0)
+@pytest.fixture
+async def sdk() -> AsyncIterator[Any]:
+    """Official OpenAI SDK clients for a running gateway, closed after the test."""
+    clients: list[openai.AsyncOpenAI] = []
+
+    def make(running: Running) -> openai.AsyncOpenAI:
+        client = openai.AsyncOpenAI(
+            api_key="sk-placeholder", base_url=running.proxy_url + "/v1", max_retries=0
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
 
 
 async def metrics_text(running: Running) -> str:
@@ -56,7 +69,9 @@ async def metrics_text(running: Running) -> str:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-async def test_answer_uses_the_tool_and_allowed_tools_hides_the_rest(gateway_factory, model, mode) -> None:
+async def test_answer_uses_the_tool_and_allowed_tools_hides_the_rest(
+    sdk, gateway_factory, model, mode
+) -> None:
     server = await ToolServer(**MODES[mode]).start()
     try:
         model.wants = [("get_weather", {"city": "Paris"})]
@@ -85,7 +100,7 @@ async def test_answer_uses_the_tool_and_allowed_tools_hides_the_rest(gateway_fac
         await server.stop()
 
 
-async def test_streamed_final_answer_arrives_chunk_by_chunk(gateway_factory, model, server) -> None:
+async def test_streamed_final_answer_arrives_chunk_by_chunk(sdk, gateway_factory, model, server) -> None:
     model.wants = [("get_weather", {"city": "Paris"})]
     model.gate = asyncio.Event()  # the model holds its answer after the first word until we saw it
     running = await start_gateway(gateway_factory, model, mcp_entry(server))
@@ -128,7 +143,7 @@ async def test_stream_keeps_the_connection_alive_while_tools_run(gateway_factory
     assert b'"content":" Oslo"' in raw  # the final answer quotes the tool result
 
 
-async def test_parallel_calls_of_one_turn(gateway_factory, model, server) -> None:
+async def test_parallel_calls_of_one_turn(sdk, gateway_factory, model, server) -> None:
     model.wants = [("meet", {"who": "ann"}), ("meet", {"who": "bob"})]
     running = await start_gateway(gateway_factory, model, mcp_entry(server))
     resp = await sdk(running).chat.completions.create(model="gpt-4o-mini", messages=USER)
@@ -139,7 +154,7 @@ async def test_parallel_calls_of_one_turn(gateway_factory, model, server) -> Non
     assert [m["tool_call_id"] for m in tools] == ["call_0_0", "call_0_1"]
 
 
-async def test_slow_tool_times_out_into_an_error_message(gateway_factory, model, server) -> None:
+async def test_slow_tool_times_out_into_an_error_message(sdk, gateway_factory, model, server) -> None:
     model.wants = [("slow", {"seconds": 5})]
     running = await start_gateway(gateway_factory, model, mcp_entry(server, timeout_seconds=0.5))
     resp = await sdk(running).chat.completions.create(model="gpt-4o-mini", messages=USER)
@@ -152,7 +167,7 @@ async def test_slow_tool_times_out_into_an_error_message(gateway_factory, model,
     )
 
 
-async def test_failing_tool_becomes_an_error_message(gateway_factory, model, server) -> None:
+async def test_failing_tool_becomes_an_error_message(sdk, gateway_factory, model, server) -> None:
     model.wants = [("broken", {})]
     running = await start_gateway(gateway_factory, model, mcp_entry(server))
     resp = await sdk(running).chat.completions.create(model="gpt-4o-mini", messages=USER)
@@ -162,7 +177,9 @@ async def test_failing_tool_becomes_an_error_message(gateway_factory, model, ser
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_callers_own_tool_calls_come_back_untouched(gateway_factory, model, server, stream) -> None:
+async def test_callers_own_tool_calls_come_back_untouched(
+    sdk, gateway_factory, model, server, stream
+) -> None:
     own = {
         "type": "function",
         "function": {
@@ -201,7 +218,7 @@ async def test_callers_own_tool_calls_come_back_untouched(gateway_factory, model
     assert len(model.bodies) == 1 and server.calls == []
 
 
-async def test_a_callers_tool_of_the_same_name_wins(gateway_factory, model, server) -> None:
+async def test_a_callers_tool_of_the_same_name_wins(sdk, gateway_factory, model, server) -> None:
     own = {"type": "function", "function": {"name": "search", "description": "the caller's search"}}
     model.wants = [("search", {"query": "x"})]
     running = await start_gateway(
@@ -216,7 +233,7 @@ async def test_a_callers_tool_of_the_same_name_wins(gateway_factory, model, serv
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_depth_limit_ends_with_length(gateway_factory, model, server, stream, caplog) -> None:
+async def test_depth_limit_ends_with_length(sdk, gateway_factory, model, server, stream, caplog) -> None:
     model.wants = [("search", {"query": "again"})]
     model.repeat = True  # the model never stops asking
     running = await start_gateway(gateway_factory, model, mcp_entry(server, max_call_depth=2))
@@ -239,7 +256,7 @@ async def test_depth_limit_ends_with_length(gateway_factory, model, server, stre
     assert any("max_call_depth" in r.getMessage() for r in caplog.records)
 
 
-async def test_request_log_notes_each_call(gateway_factory, model, server, caplog) -> None:
+async def test_request_log_notes_each_call(sdk, gateway_factory, model, server, caplog) -> None:
     model.wants = [("get_weather", {"city": "Paris"}), ("search", {"query": "rain"})]
     running = await start_gateway(gateway_factory, model, mcp_entry(server))
     caplog.set_level("INFO", logger="ferro_proxy.mcp")
