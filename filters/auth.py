@@ -46,7 +46,7 @@ class GatewayAuth(Filter):
             if gateway.config.auth.required or await validator.proxy_keys_exist():
                 raise GatewayError(
                     401,
-                    "a gateway key is required: send Authorization: Bearer sk-ferro-…",
+                    "a gateway key is required: send your sk-ferro key as the Bearer token",
                     code="missing_api_key",
                     type="authentication_error",
                 )

@@ -26,6 +26,8 @@ from ferro_proxy.exchange import Exchange, Reply, StreamChunk
 from ferro_proxy.jsonlog import log_fields, scrub
 
 log = logging.getLogger("ferro_proxy.request_log")
+# The line has its own timestamp; bodies stay in the store.
+_NOT_IN_LINE = frozenset({"ts", "finished_at", "request_body", "response_body"})
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -182,9 +184,8 @@ class RequestLogger(Filter):
             log.warning("request-logger could not build a row", exc_info=True)
             return
         if log.isEnabledFor(self.level):
-            fields = {
-                k: v for k, v in row.items() if v is not None and k not in ("request_body", "response_body")
-            }
+            fields = {k: v for k, v in row.items() if v is not None and k not in _NOT_IN_LINE}
+            fields["request_id"] = fields.pop("id")
             log_fields(log, self.level, "request", **fields)
         if self.writer is not None:
             self.writer.put(row)

@@ -76,6 +76,7 @@ async def test_rows_lines_and_stats_for_plain_streamed_and_failed_requests(
 
     lines = [r for r in caplog.records if r.name == "ferro_proxy.request_log" and r.getMessage() == "request"]
     assert len(lines) == 3 and {r.fields["status"] for r in lines} == {200, 502}
+    assert all(r.fields["request_id"] and "ts" not in r.fields for r in lines)  # the formatter's ts stays
     everything = " ".join(str(getattr(r, "fields", "")) + r.getMessage() for r in caplog.records)
     assert key["key"] not in everything and "sk-test-upstream-key" not in everything
 
