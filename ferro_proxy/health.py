@@ -22,15 +22,19 @@ def health_report(gateway: Gateway) -> dict[str, Any]:
         "draining": gateway.draining,
         "providers": providers,
     }
+    degraded = False
     if runtime is not None:
         router_detail = runtime.chain.terminal.health()
         if router_detail:
-            report["targets"] = router_detail
+            report["targets"] = router_detail  # each target's circuit state, latency, queue
+            states = [t.get("state") for t in router_detail.values() if isinstance(t, dict)]
+            if states and all(s == "open" for s in states):
+                degraded = True
+                report["message"] = "every target's circuit breaker is open"
         for f in runtime.chain.filters:
             detail = f.health()
             if detail:
                 report.setdefault("filters", {})[f.label] = detail
-    degraded = False
     for section in HEALTH_SECTIONS:
         name, detail, healthy = section(gateway)
         report[name] = detail

@@ -145,28 +145,52 @@ async def passthrough_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """Every model the enabled providers and targets serve, enriched from the model catalog
+    (mode, context window, max output, prices, capabilities), plus the configured aliases."""
     gateway = request.app[GATEWAY_KEY]
     data: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     catalog = gateway.catalog
+    config = gateway.config
+
+    def enriched(provider: str, model: dict[str, Any]) -> dict[str, Any]:
+        info = catalog.get(provider, model["id"]) if catalog else None
+        return {**model, **info.to_json()} if info is not None else model
+
+    declared: dict[str, list[str]] = {}
+    for t in config.targets:
+        declared.setdefault(t.virtual_key, []).extend([*t.models, *([t.model] if t.model else [])])
     for name, provider in gateway.providers.items():
         try:
             models = await provider.list_models()
         except GatewayError:
             models = []
+        models += [
+            {"id": m, "object": "model", "created": 0, "owned_by": name} for m in declared.get(name, [])
+        ]
         for m in models:
             key = (name, m["id"])
             if key in seen:
                 continue
             seen.add(key)
-            info = catalog.get(name, m["id"]) if catalog else None
+            data.append(enriched(name, m))
+    for alias, target in config.aliases.items():
+        entry: dict[str, Any] = {
+            "id": alias,
+            "object": "model",
+            "created": 0,
+            "owned_by": "ferro-proxy",
+            "alias_of": target,
+        }
+        prefix, _, rest = target.partition("/")
+        candidates = [(prefix, rest)] if prefix in gateway.providers else []
+        candidates += [(name, target) for name in gateway.providers]
+        for provider_name, model_name in candidates:
+            info = catalog.get(provider_name, model_name) if catalog else None
             if info is not None:
-                m = {**m, **info.to_json()}
-            data.append(m)
-    for alias, target in gateway.config.aliases.items():
-        data.append(
-            {"id": alias, "object": "model", "created": 0, "owned_by": "ferro-proxy", "alias_of": target}
-        )
+                entry.update(info.to_json())
+                break
+        data.append(entry)
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
 
