@@ -4,7 +4,7 @@ tools served by real MCP servers built with the official MCP SDK."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -30,11 +30,19 @@ async def model() -> AsyncIterator[ToolModel]:
     await fake.stop()
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[ToolServer]:
-    srv = await ToolServer().start()
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[ToolServer]:
+    srv = ToolServer().start_blocking()
     yield srv
-    await srv.stop()
+    srv.stop_blocking()
+
+
+@pytest.fixture
+def server(shared_server: ToolServer) -> ToolServer:
+    """The module's MCP server, with a clean record of calls."""
+    shared_server.calls.clear()
+    shared_server.requests.clear()
+    return shared_server
 
 
 def mcp_entry(server: ToolServer, **kw: Any) -> dict[str, Any]:
@@ -268,3 +276,16 @@ async def test_request_log_notes_each_call(sdk, gateway_factory, model, server, 
         ("get_weather", "ok", "req-mcp-1"),
         ("search", "ok", "req-mcp-1"),
     ]
+
+
+async def test_cost_is_summed_over_tool_turns(sdk, gateway_factory, model, server) -> None:
+    running = await start_gateway(gateway_factory, model, mcp_entry(server))
+    client = sdk(running)
+    plain = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=USER)
+    assert plain.parse().choices[0].message.content == "No tools were needed."
+    model.wants = [("get_weather", {"city": "Paris"})]
+    looped = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=USER)
+    assert looped.parse().choices[0].message.content == "The tools said: Sunny and 21 C in Paris"
+    one_turn = float(plain.headers["x-ferro-cost-usd"])
+    assert one_turn > 0
+    assert float(looped.headers["x-ferro-cost-usd"]) == pytest.approx(2 * one_turn)

@@ -145,6 +145,10 @@ class ToolServer:
         return recording
 
     async def start(self) -> ToolServer:
+        return await asyncio.get_running_loop().run_in_executor(None, self.start_blocking)
+
+    def start_blocking(self) -> ToolServer:
+        """Start from synchronous code (e.g. a module-scoped fixture)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
@@ -160,15 +164,18 @@ class ToolServer:
         while not server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the MCP test server did not start")
-            await asyncio.sleep(0.01)
+            time.sleep(0.01)
         return self
 
     async def stop(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop_blocking)
+
+    def stop_blocking(self) -> None:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
         server.should_exit = True
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, 10)
+        thread.join(10)
         self._server = self._thread = None
 
     async def restart(self) -> None:
