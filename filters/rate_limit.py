@@ -56,7 +56,7 @@ class RateLimitConfig(Base):
     limits: list[LimitRule] = msgspec.field(default_factory=list)
     key_limits: bool = True  # also apply a gateway key's own rpm_limit / tpm_limit
     key_prefix: str = "ferro:rl:"
-    timeout: Duration = 0.25
+    timeout: Duration = 1.0  # per Redis call; generous so a busy loop is not mistaken for an outage
     fail_open: bool = True  # backend down: let requests through (warning logged)
 
 

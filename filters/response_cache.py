@@ -44,7 +44,7 @@ class ResponseCacheConfig(Base):
         default_factory=lambda: ["chat", "completions", "embeddings"]
     )
     key_prefix: str = "ferro:cache:"
-    timeout: Duration = 0.25  # per Redis operation; a slower cache counts as a miss
+    timeout: Duration = 0.5  # per Redis operation; a slower cache counts as a miss
 
 
 @register_filter

@@ -75,7 +75,10 @@ async def test_concurrent_requests_across_sidecars_never_exceed_the_limit(
 ):
     _, prefix = redis_prefix
     limits = [{"scope": "global", "requests_per_minute": 10}]
-    sidecars = [await sidecar(gateway_factory, fake_openai, prefix, limits) for _ in range(2)]
+    # fail closed, so a slow Redis shows up as an error here instead of as extra admissions
+    sidecars = [
+        await sidecar(gateway_factory, fake_openai, prefix, limits, fail_open=False) for _ in range(2)
+    ]
 
     clients = [client(gw) for gw in sidecars]
 
