@@ -100,3 +100,13 @@ async def test_max_token_counts_estimated_tokens(gateway_factory, fake_openai):
     await ask(gw, "z" * 40)  # about 10 tokens
     err = await rejected(gw, "z" * 41)
     assert "about 11 tokens" in err.body["message"]
+
+
+async def test_regex_guard_literal_precheck_respects_inline_flags(gateway_factory, fake_openai):
+    plugin = {
+        "name": "regex-guard",
+        "config": {"action": "redact", "rules": [{"name": "plan", "pattern": r"(?i)\bsecret\s+plan\b"}]},
+    }
+    gw = await start_guarded(gateway_factory, fake_openai, plugin)
+    await ask(gw, "the SECRET  Plan is out")
+    assert sent_text(fake_openai) == "the [REDACTED:plan] is out"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from re import _parser as sre_parse  # noqa: PLC2701 - the stdlib parser, to find literals
 from typing import Any
 
 import msgspec
@@ -11,6 +12,24 @@ from ferro_proxy.chain import register_filter
 from ferro_proxy.config import Base
 from filters.guardrails.base import Action, Guardrail, GuardrailConfig
 from filters.guardrails.text import Finding, drop_overlaps
+
+
+def required_literal(pattern: str, flags: int) -> str | None:
+    """The longest run of literal characters every match must contain (from the pattern's
+    top-level sequence only), used as a cheap `in` test before the regex scan."""
+    try:
+        items = list(sre_parse.parse(pattern, flags))
+    except (re.error, TypeError, ValueError):
+        return None
+    best, run = "", []
+    for op, value in [*items, (None, None)]:
+        if op is sre_parse.LITERAL:
+            run.append(chr(value))
+            continue
+        if len(run) > len(best):
+            best = "".join(run)
+        run = []
+    return best if len(best) >= 2 else None
 
 
 class RegexRule(Base):
@@ -36,7 +55,7 @@ class RegexGuard(Guardrail):
         super().__init__(config, gateway, plugin)
         if not config.rules:
             raise ValueError("rules: list at least one {name, pattern}")
-        self.rules: list[tuple[RegexRule, re.Pattern[str], str, str]] = []
+        self.rules: list[tuple[str, re.Pattern[str], str, str, str | None, bool]] = []
         seen: set[str] = set()
         for i, rule in enumerate(config.rules):
             if not rule.name or rule.name in seen:
@@ -52,13 +71,25 @@ class RegexGuard(Guardrail):
             self.check_action(action, f"rules[{i}].action")
             self.actions.add(action)
             replacement = rule.replacement if rule.replacement is not None else f"[REDACTED:{rule.name}]"
-            self.rules.append((rule, compiled, action, replacement))
+            folded = bool(compiled.flags & re.IGNORECASE)  # also set by an inline (?i)
+            literal = required_literal(rule.pattern, compiled.flags)
+            if literal is not None and folded:
+                literal = literal.lower()
+            self.rules.append((rule.name, compiled, action, replacement, literal, folded))
 
     def scan(self, text: str) -> list[Finding]:
-        found = [
-            Finding(rule.name, action, m.start(), m.end(), replacement)
-            for rule, pattern, action, replacement in self.rules
-            for m in pattern.finditer(text)
-            if m.end() > m.start()
-        ]
+        lowered: str | None = None
+        found = []
+        for name, pattern, action, replacement, literal, folded in self.rules:
+            if literal is not None:
+                if folded:
+                    if lowered is None:
+                        lowered = text.lower()
+                    if literal not in lowered and len(lowered) == len(text):
+                        continue
+                elif literal not in text:
+                    continue
+            for m in pattern.finditer(text):
+                if m.end() > m.start():
+                    found.append(Finding(name, action, m.start(), m.end(), replacement))
         return drop_overlaps(found)
