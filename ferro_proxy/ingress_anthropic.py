@@ -100,8 +100,15 @@ def to_messages_reply(ex: Exchange, reply: Reply) -> None:
 
 async def _native_events(chunks: AsyncIterator[StreamChunk], model: str) -> AsyncIterator[StreamChunk]:
     translator = OpenAIToNativeStream(model)
+    native = False
     try:
         async for chunk in chunks:
+            # A stream already in Messages form (e.g. a filter replaying a stored native
+            # answer) passes through as it is.
+            if native or (not translator.started and chunk.raw.startswith(b"event: message_start")):
+                native = True
+                yield chunk
+                continue
             if chunk.kind == "data":
                 events = translator.feed(chunk.json())
             elif chunk.kind == "done":
@@ -119,6 +126,8 @@ async def _native_events(chunks: AsyncIterator[StreamChunk], model: str) -> Asyn
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+    if native:
+        return
     # A stream that stops without [DONE] raised inside `chunks`; one that simply ends is done.
     for event in translator.finish():
         yield StreamChunk(event, "event")

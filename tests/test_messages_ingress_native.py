@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import anthropic
 import pytest
 
-from ferro_proxy.chain import FILTERS, Filter
-from ferro_proxy.exchange import Exchange
+from ferro_proxy.chain import FILTERS, Filter, Next
+from ferro_proxy.exchange import Exchange, Reply, StreamChunk
 from tests.fakes.anthropic_upstream import FakeAnthropic
 
 MODEL = "claude-sonnet-4-20250514"
@@ -80,10 +80,29 @@ class AppendTurn(Filter):
         return None
 
 
+class ReplayNative(Filter):
+    """A test filter that answers from a stored native Messages answer, as a cache would."""
+
+    name = "test-replay-native"
+    type = "transform"
+    description = "test only: answers with a stored Messages reply"
+    stored: ClassVar[dict[str, Any]] = {}
+
+    async def handle(self, ex: Exchange, next: Next) -> Reply:
+        if not ex.stream:
+            return Reply(200, data=self.stored["json"])
+
+        async def events() -> AsyncIterator[StreamChunk]:
+            for raw in self.stored["events"]:
+                yield StreamChunk(raw, "event")
+
+        return Reply(200, stream=events())
+
+
 @pytest.fixture
 def test_filters() -> Iterator[None]:
     """Register the test filters for one test only, so no other test sees them."""
-    added = {f.name: f for f in (RedactSecrets, AppendTurn) if f.name not in FILTERS}
+    added = {f.name: f for f in (RedactSecrets, AppendTurn, ReplayNative) if f.name not in FILTERS}
     FILTERS.update(added)
     yield
     for name in added:
@@ -280,3 +299,23 @@ async def test_count_tokens_is_forwarded_natively(claude, fake_anthropic: FakeAn
     assert sent.path == "/v1/messages/count_tokens"
     assert sent.body == request
     assert counted.input_tokens > 40
+
+
+async def test_native_answers_replayed_by_a_filter_are_not_translated_again(
+    gateway_factory, claude, fake_anthropic, test_filters
+) -> None:
+    first = await claude.messages.create(**copy.deepcopy(RICH_REQUEST))
+    async with claude.messages.stream(**copy.deepcopy(RICH_REQUEST)) as stream:
+        await stream.get_final_message()
+    ReplayNative.stored.update(json=first.model_dump(), events=list(fake_anthropic.sent_events))
+    calls = len(fake_anthropic.requests)
+
+    running = await gateway_factory({"plugins": [{"name": "test-replay-native"}]}, env=_env(fake_anthropic))
+    replaying = anthropic.AsyncAnthropic(api_key="k", base_url=running.proxy_url, max_retries=0)
+    again = await replaying.messages.create(**copy.deepcopy(RICH_REQUEST))
+    assert again.model_dump() == first.model_dump()
+    async with replaying.messages.stream(**copy.deepcopy(RICH_REQUEST)) as stream:
+        replayed = await stream.get_final_message()
+    assert [b.type for b in replayed.content] == ["thinking", "text"]
+    assert replayed.content[1].text == fake_anthropic.reply_text
+    assert len(fake_anthropic.requests) == calls
