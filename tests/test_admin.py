@@ -278,3 +278,21 @@ async def test_providers_health_and_summary(gateway_factory, fake_openai):
 async def _text(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         return await resp.text()
+
+
+async def test_providers_show_an_open_circuit(gateway_factory, fake_openai):
+    config = {
+        "strategy": {"mode": "fallback"},
+        "targets": [{"virtual_key": "openai", "circuit_breaker": {"failure_threshold": 1, "timeout": "60s"}}],
+    }
+    running = await gateway_factory(config, env=admin_env(fake_openai.base_url))
+    admin = Admin(running.admin_url, BOOT_RO)
+    assert (await admin.ok("GET", "/admin/providers"))["data"][0]["circuit"] == "closed"
+    fake_openai.script.append({"status": 500})
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        async with session.post(running.proxy_url + "/v1/chat/completions", json=body) as resp:
+            assert resp.status == 502
+    provider = (await admin.ok("GET", "/admin/providers"))["data"][0]
+    assert provider["circuit"] == "open" and provider["targets"]["openai"]["state"] == "open"
+    assert (await admin.ok("GET", "/admin/dashboard"))["providers"] == {"total": 1, "available": 0}

@@ -22,6 +22,10 @@ def _router_targets(gateway: Gateway) -> dict[str, Any]:
     return detail if isinstance(detail, dict) else {}
 
 
+# A provider is as healthy as its worst target circuit.
+_CIRCUIT_RANK = {"open": 3, "half_open": 2, "half-open": 2, "closed": 1}
+
+
 def providers_view(gateway: Gateway) -> list[dict[str, Any]]:
     targets = _router_targets(gateway)
     out = []
@@ -36,12 +40,15 @@ def providers_view(gateway: Gateway) -> list[dict[str, Any]]:
             "models": list(provider.settings.models),
             "health": redact(provider.health()),
         }
-        target = targets.get(name)
-        if isinstance(target, dict):
-            entry["target"] = target
-            circuit = target.get("circuit") or target.get("circuit_breaker") or target.get("state")
-            if circuit is not None:
-                entry["circuit"] = circuit
+        own = {
+            key: detail
+            for key, detail in targets.items()
+            if isinstance(detail, dict) and (detail.get("provider") or key) == name
+        }
+        if own:
+            entry["targets"] = own
+            states = [str(d.get("state") or d.get("circuit") or "closed") for d in own.values()]
+            entry["circuit"] = max(states, key=lambda s: _CIRCUIT_RANK.get(s, 0))
         out.append(entry)
     return out
 
