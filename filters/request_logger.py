@@ -205,7 +205,7 @@ class RequestLogger(Filter):
             "finished_at": now,
             "key_id": getattr(key, "id", None),
             "endpoint": ex.endpoint,
-            "provider": ex.provider,
+            "provider": ex.provider or (ex.attempts[-1].provider if ex.attempts else None),
             "model": ex.resolved_model or ex.model or None,
             "status": status,
             "stream": ex.stream,

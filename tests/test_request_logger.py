@@ -67,6 +67,7 @@ async def test_rows_lines_and_stats_for_plain_streamed_and_failed_requests(
     assert plain["latency_ms"] > 0 and plain["stream"] is False and plain["request_body"] is None
     assert streamed["stream"] is True and streamed["ttft_ms"] is not None and streamed["total_tokens"] == 19
     assert failed["status"] == 502 and "fake failure 500" in failed["error"]
+    assert failed["provider"] == "openai"  # the upstream that failed, though none answered
     assert (await admin.ok("GET", f"/admin/logs?status=5xx&key={key['id']}"))["summary"]["total_entries"] == 1
 
     stats = await admin.ok("GET", "/admin/logs/stats?since=1h")
