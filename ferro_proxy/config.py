@@ -156,6 +156,9 @@ class InterceptConfig(Base):
     ca_key: str | None = None
     replace_credentials: bool = False
     transparent_listen: str | None = None
+    handshake_timeout: Duration = 10.0  # a client that never finishes its TLS handshake
+    connect_timeout: Duration = 10.0  # reaching a tunnelled host
+    head_timeout: Duration = 30.0  # a connection that never sends a complete request head
 
 
 class GatewayConfig(Base):

@@ -89,6 +89,10 @@ class Router(Filter):
         """(requested, model, pinned provider) after aliases and `provider/model` addressing."""
         requested = ex.model
         model = self.cfg.aliases.get(requested, requested)
+        pinned = ex.metadata.get("pinned_provider")  # e.g. set for intercepted requests
+        if pinned in self.providers:
+            prefix, sep, rest = model.partition("/")
+            return requested, (rest if sep and prefix == pinned else model), pinned
         if "/" in model:
             prefix, _, rest = model.partition("/")
             if prefix in self.providers and not self._served_verbatim(model):
