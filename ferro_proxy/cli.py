@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     import ferro_proxy.admin_cli  # noqa: F401  (registers `admin` and `plugins`)
+    import ferro_proxy.intercept.cli  # noqa: F401  (registers `ca` and `intercept-rules`)
 
     webhook = sub.add_parser("inject-webhook", help="run the Kubernetes sidecar injector (mutating webhook)")
     webhook.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT (default 0.0.0.0:8443)")

@@ -48,7 +48,8 @@ CONNECTION: contextvars.ContextVar[Intercepted | None] = contextvars.ContextVar(
 REQUEST: contextvars.ContextVar[Intercepted | None] = contextvars.ContextVar(
     "ferro_intercept_request", default=None
 )
-_MARK = "ferro.intercepted"  # request[...] = Intercepted | GatewayError (a refusal)
+# request[_MARK] = Intercepted, or a GatewayError refusing the request
+_MARK: web.RequestKey[Intercepted | GatewayError] = web.RequestKey("ferro_intercepted", object)  # type: ignore[arg-type]
 
 
 def install(server: web.Server, interceptor: Interceptor) -> None:
