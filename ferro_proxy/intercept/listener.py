@@ -365,16 +365,16 @@ class ProxyFront(asyncio.Protocol):
             handler.data_received(buffer)
             return
         end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > MAX_CONNECT_HEAD:
-                self._error(
-                    GatewayError(
-                        431,
-                        f"CONNECT request head is larger than {MAX_CONNECT_HEAD} bytes",
-                        code="request_header_too_large",
-                    )
+        if end > MAX_CONNECT_HEAD or (end < 0 and len(buffer) > MAX_CONNECT_HEAD):
+            self._error(
+                GatewayError(
+                    431,
+                    f"CONNECT request head is larger than {MAX_CONNECT_HEAD} bytes",
+                    code="request_header_too_large",
                 )
-                return
+            )
+            return
+        if end < 0:
             self.buffer = buffer
             return
         self._stop_timer()
