@@ -97,10 +97,19 @@ async def serve(
         headers = {**reply.headers, **ex.response_headers, "X-Request-ID": ex.request_id}
         if reply.stream is None:
             headers["x-ferro-overhead-ms"] = _overhead_ms(ex)
+            headers.update(request.get(CORS_HEADERS) or {})
             response = web.Response(
                 status=reply.status, body=reply.body_bytes(), content_type=None, headers=headers
             )
             response.headers["Content-Type"] = reply.content_type
+            # Written here, not by aiohttp after we return, so finalizers run once the
+            # client has the whole answer (as for streams).
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except (ConnectionResetError, RuntimeError):
+                error = GatewayError(499, "client went away", code="client_closed", retryable=False)
+                status = 499
             return response
         response, error = await _stream(request, ex, reply, headers, render)
         if error is not None:
@@ -214,6 +223,13 @@ async def _finish(
         fields["error"] = error.code
     if len(ex.attempts) > 1:
         fields["attempts"] = [f"{a.provider}:{a.status}" for a in ex.attempts]
-    if "ab_label" in ex.metadata:
-        fields["variant"] = ex.metadata["ab_label"]
+    meta = ex.metadata
+    if "ab_label" in meta:
+        fields["variant"] = meta["ab_label"]
+    if "cache" in meta:
+        fields["cache"] = meta["cache"]
+    if meta.get("mcp_calls"):
+        fields["mcp_calls"] = len(meta["mcp_calls"])
+    if meta.get("guardrail_hits"):
+        fields["guardrail_hits"] = len(meta["guardrail_hits"])
     log_fields(access_log, logging.INFO, "request", **fields)

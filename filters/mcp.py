@@ -66,13 +66,17 @@ def _tool_name(tool: Any) -> str | None:
 
 
 def place_mcp_filter(config: GatewayConfig, gateway: Gateway, filters: list[Filter]) -> list[Filter]:
-    """Add the filter just before the router when servers are configured and it is not listed."""
+    """Add the filter first (after gateway auth) when servers are configured and it is not listed,
+    so every tool turn passes through the guardrail, budget and other filters after it."""
     if not config.mcp_servers:
         return filters
     McpManager.of(gateway)
     if any(f.name == "mcp" for f in filters):
         return filters
-    return [*filters, McpFilter(McpFilter.Config(), gateway)]
+    at = 0
+    while at < len(filters) and filters[at].name == "gateway-auth":
+        at += 1
+    return [*filters[:at], McpFilter(McpFilter.Config(), gateway), *filters[at:]]
 
 
 CHAIN_HOOKS.append(place_mcp_filter)

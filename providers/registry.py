@@ -19,7 +19,7 @@ log = logging.getLogger("ferro_proxy.providers")
 PROVIDERS: dict[str, ProviderSpec] = {}
 
 # Support modules that define no provider.
-_NOT_ADAPTERS = {"base", "registry", "catalog"}
+_NOT_ADAPTERS = {"base", "registry", "catalog", "aws_sigv4", "aws_eventstream", "google_auth"}
 
 
 def register_provider(spec: ProviderSpec) -> ProviderSpec:
@@ -36,7 +36,7 @@ def load_builtin_providers() -> dict[str, ProviderSpec]:
         import providers
 
         for info in pkgutil.iter_modules(providers.__path__):
-            if info.name not in _NOT_ADAPTERS and not info.name.startswith("_"):
+            if info.name not in _NOT_ADAPTERS and not info.name.startswith(("_", "translate_")):
                 importlib.import_module(f"providers.{info.name}")
     return PROVIDERS
 

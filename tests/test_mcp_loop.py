@@ -289,3 +289,24 @@ async def test_cost_is_summed_over_tool_turns(sdk, gateway_factory, model, serve
     one_turn = float(plain.headers["x-ferro-cost-usd"])
     assert one_turn > 0
     assert float(looped.headers["x-ferro-cost-usd"]) == pytest.approx(2 * one_turn)
+
+
+async def test_every_tool_turn_goes_through_the_guardrails_by_default(
+    sdk, gateway_factory, model, server
+) -> None:
+    """With `mcp_servers:` and no `mcp` in `plugins:`, the loop runs first, so a guardrail listed
+    in `plugins:` screens each turn: here it redacts the tool result before the model sees it."""
+    model.wants = [("get_weather", {"city": "Paris"})]
+    env = {"OPENAI_API_KEY": "sk-test-upstream-key", "OPENAI_BASE_URL": model.base_url}
+    rules = [{"name": "weather", "pattern": "Sunny", "action": "redact", "replacement": "[SKY]"}]
+    running = await gateway_factory(
+        {
+            "mcp_servers": [mcp_entry(server)],
+            "plugins": [{"name": "regex-guard", "config": {"apply_to": "input", "rules": rules}}],
+        },
+        env=env,
+    )
+    resp = await sdk(running).chat.completions.create(model="gpt-4o-mini", messages=USER)
+    assert len(model.bodies) == 2
+    assert model.bodies[1]["messages"][-1]["content"] == "[SKY] and 21 C in Paris"
+    assert resp.choices[0].message.content == "The tools said: [SKY] and 21 C in Paris"
