@@ -80,10 +80,11 @@ async def start(
 
     gateway = gateway or Gateway(env)
     gateway.config_source = config_source
-    if config.intercept.enabled:  # the CA and the chain hook, before the chain is built
-        from ferro_proxy import intercept
+    from ferro_proxy import intercept
 
-        intercept.prepare(gateway, config)
+    interception = intercept.startup_settings(config, gateway.env)
+    if interception is not None:  # the CA and the chain hook, before the chain is built
+        intercept.prepare(gateway, interception)
     await open_state(gateway)  # stores and admin routes, before the chain is built
     try:
         await gateway.apply(config, actor="startup")
@@ -99,9 +100,7 @@ async def start(
     await admin_runner.setup()
     phost, pport = parse_listen(listen, 8080)
     ahost, aport = parse_listen(admin_listen, 8081)
-    if config.intercept.enabled:
-        from ferro_proxy import intercept
-
+    if interception is not None:
         proxy_site = intercept.proxy_site(proxy_runner, phost, pport, gateway)
     else:
         proxy_site = web.TCPSite(proxy_runner, phost, pport, reuse_address=True)
@@ -110,10 +109,8 @@ async def start(
     await admin_site.start()
     pport = _bound_port(proxy_runner, pport)
     aport = _bound_port(admin_runner, aport)
-    if config.intercept.enabled and config.intercept.transparent_listen:
-        from ferro_proxy import intercept
-
-        await intercept.start_transparent(gateway, config.intercept.transparent_listen)
+    if interception is not None and interception.transparent_listen:
+        await intercept.start_transparent(gateway, interception.transparent_listen)
     log.info(
         "listening",
         extra={

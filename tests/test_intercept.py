@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from ferro_proxy.config import ConfigError, config_from_data
-from ferro_proxy.intercept.ca import CA_CERT_FILE, CA_KEY_FILE, create_ca
+from ferro_proxy.intercept.ca import BUNDLE_FILE, CA_CERT_FILE, CA_KEY_FILE, create_ca
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.intercept_tools import bundle_with, client_context, run_sdk
 
@@ -157,6 +157,8 @@ async def test_ca_is_created_once_kept_private_and_exported(gateway_factory, fak
         exported = await resp.read()
     assert exported == (ca_dir / CA_CERT_FILE).read_bytes()
     assert b"PRIVATE KEY" not in exported
+    bundle = (ca_dir / BUNDLE_FILE).read_bytes()
+    assert bundle.endswith(exported) and bundle.count(b"BEGIN CERTIFICATE") > 10  # system roots too
     await gw.drain_and_stop(0.1)
 
     again = await gateway_factory(_config(ca_dir, {"openai": {"base_url": fake_openai.base_url}}))
@@ -174,7 +176,8 @@ async def test_ca_from_secret_files_and_a_mismatched_pair(gateway_factory, fake_
     )
     async with aiohttp.ClientSession() as s, s.get(gw.admin_url + "/ca.pem") as resp:
         assert await resp.read() == cert
-    assert not (tmp_path / "unused").exists()
+    assert not (tmp_path / "unused" / CA_KEY_FILE).exists()  # nothing generated next to it
+    assert (tmp_path / "unused" / BUNDLE_FILE).read_bytes().endswith(cert)  # roots + this CA
 
     _, other_key = create_ca("another")
     (tmp_path / "other.key").write_bytes(other_key)

@@ -8,11 +8,13 @@ optional transparent listener. Everything here is off unless `intercept.enabled:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import msgspec
 from aiohttp import web
 
-from ferro_proxy.config import ConfigError, GatewayConfig
+from ferro_proxy.config import ConfigError, GatewayConfig, InterceptConfig
 
 if TYPE_CHECKING:
     from ferro_proxy.gateway import Gateway
@@ -22,18 +24,36 @@ CA_SERVICE = "intercept_ca"
 INTERCEPTOR_SERVICE = "interceptor"
 
 
-def prepare(gateway: Gateway, config: GatewayConfig) -> CertificateAuthority:
-    """Load (or create) the CA, put the `intercept` filter in every chain, serve /ca.pem."""
-    from ferro_proxy.admin_app import ADMIN_ROUTES
-    from ferro_proxy.intercept.ca import CAError, CertificateAuthority
-    from ferro_proxy.intercept.requests import register_chain_hook
-
+def startup_settings(config: GatewayConfig, env: Mapping[str, str]) -> InterceptConfig | None:
+    """The interception settings to start with, or None when it is off. The environment can
+    switch it on for a sidecar whose shared config does not (the Kubernetes injector does):
+    FERRO_INTERCEPT=true, FERRO_INTERCEPT_CA_DIR, FERRO_TRANSPARENT_LISTEN."""
     settings = config.intercept
+    if not settings.enabled and env.get("FERRO_INTERCEPT", "").lower() not in ("true", "1", "yes"):
+        return None
+    return msgspec.structs.replace(
+        settings,
+        enabled=True,
+        ca_dir=settings.ca_dir or env.get("FERRO_INTERCEPT_CA_DIR") or None,
+        transparent_listen=settings.transparent_listen or env.get("FERRO_TRANSPARENT_LISTEN") or None,
+    )
+
+
+def prepare(gateway: Gateway, settings: InterceptConfig) -> CertificateAuthority:
+    """Load (or create) the CA, put the `intercept` filter in every chain, serve /ca.pem.
+    With a CA directory, also write `bundle.pem` there (system roots plus this CA) for apps."""
+    from ferro_proxy.admin_app import ADMIN_ROUTES
+    from ferro_proxy.intercept.ca import CAError, CertificateAuthority, write_bundle
+
     try:
         ca = CertificateAuthority.load_or_create(settings.ca_dir, settings.ca_cert, settings.ca_key)
+        if settings.ca_dir:
+            write_bundle(ca, settings.ca_dir)
     except CAError as exc:
         raise ConfigError([f"intercept: {exc}"]) from None
     gateway.services[CA_SERVICE] = ca
+    from ferro_proxy.intercept.requests import register_chain_hook
+
     register_chain_hook()
     if install_ca_route not in ADMIN_ROUTES:
         ADMIN_ROUTES.append(install_ca_route)

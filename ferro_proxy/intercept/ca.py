@@ -233,6 +233,36 @@ def init_ca_dir(directory: str | os.PathLike[str], *, force: bool = False) -> Pa
     return directory
 
 
+BUNDLE_FILE = "bundle.pem"
+
+
+def system_roots() -> bytes:
+    """The system's trusted roots (or certifi's when the system has none)."""
+    cafile = ssl.get_default_verify_paths().cafile
+    if cafile and os.path.isfile(cafile):
+        return Path(cafile).read_bytes()
+    try:
+        import certifi
+    except ImportError:
+        return b""
+    return Path(certifi.where()).read_bytes()
+
+
+def write_bundle(ca: CertificateAuthority, directory: str | os.PathLike[str]) -> Path:
+    """`bundle.pem`: the system roots plus this CA, for SSL_CERT_FILE / REQUESTS_CA_BUNDLE."""
+    path = Path(directory) / BUNDLE_FILE
+    roots = system_roots()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(roots + (b"\n" if roots and not roots.endswith(b"\n") else b"") + ca.cert_pem)
+        os.chmod(tmp, 0o644)
+        tmp.replace(path)
+    except OSError as exc:
+        raise CAError(f"cannot write {path}: {exc.strerror}") from None
+    return path
+
+
 def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()

@@ -124,7 +124,8 @@ class InterceptMark(Filter):
 
 
 def _chain_hook(config: GatewayConfig, gateway: Gateway, filters: list[Filter]) -> list[Filter]:
-    if not config.intercept.enabled:
+    # Interception is decided at startup (the listener cannot change on reload).
+    if "intercept_ca" not in gateway.services:
         return filters
     return [InterceptMark(None, gateway), *filters]
 
