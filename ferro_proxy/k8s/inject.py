@@ -20,6 +20,9 @@ STATUS_ANNOTATION = PREFIX + "status"
 SIDECAR_NAME = "ferro-proxy"
 CONFIG_VOLUME = "ferro-proxy-config"
 TMP_VOLUME = "ferro-proxy-tmp"
+CA_VOLUME = "ferro-proxy-ca"
+INTERCEPT_ANNOTATION = PREFIX + "intercept"
+IPTABLES_INIT_NAME = "ferro-proxy-iptables"
 CONFIG_DIR = "/etc/ferro-proxy"
 
 
@@ -28,6 +31,15 @@ class Resources(Base):
     memory_request: str = "64Mi"
     cpu_limit: str | None = "1"
     memory_limit: str | None = "256Mi"
+
+
+class InterceptSettings(Base):
+    """For pods annotated `ferro-proxy.io/intercept`: "true" (proxy variables) or "transparent"."""
+
+    ca_dir: str = "/var/run/ferro-proxy/ca"  # shared with the app containers (read-only there)
+    no_proxy: str = "localhost,127.0.0.1,::1,.svc,.svc.cluster.local,.cluster.local"
+    transparent_port: int = 15001
+    init_image: str | None = None  # the iptables init container; default: the sidecar image
 
 
 class InjectorSettings(Base):
@@ -52,6 +64,7 @@ class InjectorSettings(Base):
         }
     )
     prometheus_annotations: bool = True
+    intercept: InterceptSettings = msgspec.field(default_factory=InterceptSettings)
 
 
 @dataclass
@@ -204,7 +217,17 @@ def patch_for(
     spec = pod.get("spec") or {}
     ops: list[dict[str, Any]] = []
 
+    mode = annotations.get(INTERCEPT_ANNOTATION, "false").strip().lower()
+    if mode not in ("true", "transparent", "false"):
+        o.problems.append(f"{INTERCEPT_ANNOTATION}: expected true, transparent or false, got {mode!r}")
+        mode = "false"
     sidecar = sidecar_container(settings, o, native)
+    if mode != "false":
+        add_intercept_to_sidecar(sidecar, settings, mode)
+        if not native:
+            o.problems.append(
+                f"{INTERCEPT_ANNOTATION}: without a native sidecar the app may start before the CA bundle exists"
+            )
     if native:
         if spec.get("initContainers"):
             ops.append({"op": "add", "path": "/spec/initContainers/0", "value": sidecar})
@@ -212,6 +235,12 @@ def patch_for(
             ops.append({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})
     else:
         ops.append({"op": "add", "path": "/spec/containers/-", "value": sidecar})
+    if mode == "transparent":  # first of all: the redirect is in place before anything runs
+        init = iptables_init_container(settings, o)
+        if native or spec.get("initContainers"):
+            ops.append({"op": "add", "path": "/spec/initContainers/0", "value": init})
+        else:
+            ops.append({"op": "add", "path": "/spec/initContainers", "value": [init]})
 
     volumes = [
         {
@@ -220,13 +249,29 @@ def patch_for(
         },
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
     ]
+    if mode != "false":
+        volumes.append({"name": CA_VOLUME, "emptyDir": {"sizeLimit": "2Mi"}})
     if spec.get("volumes"):
         ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes)
     else:
         ops.append({"op": "add", "path": "/spec/volumes", "value": volumes})
 
     app_env = {k: v.format(proxy_port=proxy_port) for k, v in settings.app_env.items()}
+    if mode != "false":
+        app_env.update(intercept_app_env(settings, mode, proxy_port))
+    ca_mount = {"name": CA_VOLUME, "mountPath": settings.intercept.ca_dir, "readOnly": True}
     for i, container in enumerate(spec.get("containers") or []):
+        if mode != "false":
+            if container.get("volumeMounts"):
+                ops.append({"op": "add", "path": f"/spec/containers/{i}/volumeMounts/-", "value": ca_mount})
+            else:
+                ops.append({"op": "add", "path": f"/spec/containers/{i}/volumeMounts", "value": [ca_mount]})
+            uid = (container.get("securityContext") or {}).get("runAsUser")
+            if mode == "transparent" and uid == settings.run_as_user:
+                o.problems.append(
+                    f"container {container.get('name')!r} runs as the gateway's user {uid}: "
+                    "its traffic is not redirected"
+                )
         present = {e.get("name") for e in container.get("env") or []}
         missing = [{"name": k, "value": v} for k, v in app_env.items() if k not in present]
         if not missing:
@@ -253,3 +298,67 @@ def patch_for(
             for k, v in new_annotations.items()
         )
     return ops, o.problems
+
+
+# ---------------------------------------------------------------- interception
+
+
+def add_intercept_to_sidecar(sidecar: dict[str, Any], settings: InjectorSettings, mode: str) -> None:
+    """Switch interception on in the sidecar, with its CA in the volume the apps read."""
+    cfg = settings.intercept
+    sidecar["env"] += [
+        {"name": "FERRO_INTERCEPT", "value": "true"},
+        {"name": "FERRO_INTERCEPT_CA_DIR", "value": cfg.ca_dir},
+    ]
+    if mode == "transparent":
+        sidecar["env"].append(
+            {"name": "FERRO_TRANSPARENT_LISTEN", "value": f"127.0.0.1:{cfg.transparent_port}"}
+        )
+    sidecar["volumeMounts"].append({"name": CA_VOLUME, "mountPath": cfg.ca_dir})
+
+
+def intercept_app_env(settings: InjectorSettings, mode: str, proxy_port: int) -> dict[str, str]:
+    """The proxy variables (proxy mode) and the CA bundle variables every TLS stack reads."""
+    bundle = f"{settings.intercept.ca_dir}/bundle.pem"
+    env: dict[str, str] = {}
+    if mode == "true":
+        proxy = f"http://127.0.0.1:{proxy_port}"
+        no_proxy = settings.intercept.no_proxy
+        env.update({"HTTPS_PROXY": proxy, "https_proxy": proxy, "NO_PROXY": no_proxy, "no_proxy": no_proxy})
+    env.update(
+        {
+            "SSL_CERT_FILE": bundle,  # OpenSSL, Python ssl/httpx, Go, Ruby
+            "REQUESTS_CA_BUNDLE": bundle,  # Python requests
+            "CURL_CA_BUNDLE": bundle,
+            "NODE_EXTRA_CA_CERTS": f"{settings.intercept.ca_dir}/ca.pem",  # added to Node's own roots
+        }
+    )
+    return env
+
+
+def iptables_init_container(settings: InjectorSettings, o: Overrides) -> dict[str, Any]:
+    """Applies `ferro-proxy intercept-rules` (every :443 destination to the transparent
+    listener, the gateway's own user excluded) with NET_ADMIN, then exits."""
+    cfg = settings.intercept
+    script = (
+        f"ferro-proxy intercept-rules --all-destinations --redirect-port {cfg.transparent_port} "
+        f"--uid {settings.run_as_user} | sh"
+    )
+    return {
+        "name": IPTABLES_INIT_NAME,
+        "image": cfg.init_image or o.image or settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["sh", "-c", script],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    }
