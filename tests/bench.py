@@ -49,8 +49,9 @@ async def _wait_line(proc: subprocess.Popen, predicate) -> dict | str:
             return record
 
 
-async def _run(session: aiohttp.ClientSession, url: str, body: dict, total: int, concurrency: int,
-               stream: bool) -> tuple[list[float], float]:
+async def _run(
+    session: aiohttp.ClientSession, url: str, body: dict, total: int, concurrency: int, stream: bool
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     queue = iter(range(total))
     payload = json.dumps({**body, "stream": stream}).encode()
@@ -74,6 +75,11 @@ def _drain(proc: subprocess.Popen) -> None:
     threading.Thread(target=lambda: [None for _ in iter(proc.stdout.readline, b"")], daemon=True).start()
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
@@ -81,17 +87,34 @@ def _pct(values: list[float], p: float) -> float:
 
 async def main(requests: int, concurrency: int) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    fake = subprocess.Popen([sys.executable, "-m", "tests.fakes.serve", "openai", "0"], stdout=subprocess.PIPE, env=env)
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.serve", "openai", "0"], stdout=subprocess.PIPE, env=env
+    )
     gateway = None
     try:
         ready = await _wait_line(fake, lambda r: isinstance(r, str) and r.startswith("ready"))
         port = int(str(ready).split()[1])
         upstream = f"http://127.0.0.1:{port}/v1"
-        gw_env = {**env, "OPENAI_API_KEY": "sk-bench-upstream", "OPENAI_BASE_URL": upstream, "LOG_LEVEL": "warning"}
+        gw_env = {
+            **env,
+            "OPENAI_API_KEY": "sk-bench-upstream",
+            "OPENAI_BASE_URL": upstream,
+            "LOG_LEVEL": "warning",
+        }
         started = time.perf_counter()
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "ferro_proxy", "serve", "--listen", "127.0.0.1:0", "--admin-listen",
-             "127.0.0.1:0"], stdout=subprocess.PIPE, env={**gw_env, "LOG_LEVEL": "info"},
+            [
+                sys.executable,
+                "-m",
+                "ferro_proxy",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            stdout=subprocess.PIPE,
+            env={**gw_env, "LOG_LEVEL": "info"},
         )
         info = await _wait_line(gateway, lambda r: isinstance(r, dict) and r.get("msg") == "listening")
         _drain(gateway)  # keep reading its access log so the pipe never fills
@@ -100,31 +123,56 @@ async def main(requests: int, concurrency: int) -> int:
         idle_rss, _ = _rss_kb(gateway.pid)
         connector = aiohttp.TCPConnector(limit=concurrency * 2)
         rows = []
+        cpu_per_request = {}
         async with aiohttp.ClientSession(connector=connector) as session:
             for stream in (False, True):
+                mode = "stream" if stream else "json"
                 for target in (upstream, proxy):  # warm both paths
                     await _run(session, target + "/chat/completions", BODY, 200, concurrency, stream)
-                results = {}
-                for name, target in (("direct", upstream), ("gateway", proxy)):
-                    lat, took = await _run(session, target + "/chat/completions", BODY, requests, concurrency, stream)
-                    results[name] = (lat, took)
-                for name, (lat, took) in results.items():
-                    rows.append((("stream" if stream else "json"), name, len(lat) / took,
-                                 _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000))
+                for level in sorted({1, concurrency}):
+                    results = {}
+                    runs = requests if level == concurrency else max(200, requests // 10)
+                    for name, target in (("direct", upstream), ("gateway", proxy)):
+                        cpu_before = _cpu_seconds(gateway.pid)
+                        lat, took = await _run(
+                            session, target + "/chat/completions", BODY, runs, level, stream
+                        )
+                        if name == "gateway" and level == concurrency:
+                            cpu_per_request[mode] = (_cpu_seconds(gateway.pid) - cpu_before) / runs
+                        results[name] = (lat, took)
+                    for name, (lat, took) in results.items():
+                        rows.append(
+                            (
+                                mode,
+                                level,
+                                name,
+                                len(lat) / took,
+                                _pct(lat, 0.5) * 1000,
+                                _pct(lat, 0.99) * 1000,
+                            )
+                        )
         rss, peak = _rss_kb(gateway.pid)
-        print(f"\nferro-proxy benchmark: {requests} requests per run, concurrency {concurrency}, "
-              f"{os.cpu_count()} CPUs (upstream, gateway and load generator share them)\n")
-        print(f"{'mode':<8}{'path':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
-        for mode, name, rps, p50, p99 in rows:
-            print(f"{mode:<8}{name:<9}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}")
+        print(
+            f"\nferro-proxy benchmark: {requests} requests per run, concurrency {concurrency}, "
+            f"{os.cpu_count()} CPUs (upstream, gateway and load generator share them)\n"
+        )
+        print(f"{'mode':<8}{'conc':>5}  {'path':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+        for mode, level, name, rps, p50, p99 in rows:
+            print(f"{mode:<8}{level:>5}  {name:<9}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}")
         print()
         for mode in ("json", "stream"):
-            d = next(r for r in rows if r[0] == mode and r[1] == "direct")
-            g = next(r for r in rows if r[0] == mode and r[1] == "gateway")
-            print(f"{mode:<8}added p50 {g[3] - d[3]:.2f} ms   added p99 {g[4] - d[4]:.2f} ms   "
-                  f"throughput ratio gateway/direct {g[2] / d[2]:.2f}")
+            for level in sorted({1, concurrency}):
+                d = next(r for r in rows if r[0] == mode and r[1] == level and r[2] == "direct")
+                g = next(r for r in rows if r[0] == mode and r[1] == level and r[2] == "gateway")
+                print(
+                    f"{mode:<8}concurrency {level:<3} added p50 {g[4] - d[4]:6.2f} ms   added p99 {g[5] - d[5]:6.2f} ms"
+                    f"   throughput gateway/direct {g[3] / d[3]:.2f}"
+                )
+            print(f"{mode:<8}gateway CPU per request: {cpu_per_request[mode] * 1000:.2f} ms")
         print(f"\ngateway start-up to listening: {startup * 1000:.0f} ms")
-        print(f"gateway RSS: idle {idle_rss / 1024:.1f} MB, after load {rss / 1024:.1f} MB, peak {peak / 1024:.1f} MB")
+        print(
+            f"gateway RSS: idle {idle_rss / 1024:.1f} MB, after load {rss / 1024:.1f} MB, peak {peak / 1024:.1f} MB"
+        )
         return 0
     finally:
         for proc in (gateway, fake):
