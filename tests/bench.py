@@ -87,7 +87,7 @@ def _pct(values: list[float], p: float) -> float:
 
 async def main(requests: int, concurrency: int) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    fake = subprocess.Popen(
+    fake = subprocess.Popen(  # noqa: ASYNC220
         [sys.executable, "-m", "tests.fakes.serve", "openai", "0"], stdout=subprocess.PIPE, env=env
     )
     gateway = None
@@ -102,7 +102,7 @@ async def main(requests: int, concurrency: int) -> int:
             "LOG_LEVEL": "warning",
         }
         started = time.perf_counter()
-        gateway = subprocess.Popen(
+        gateway = subprocess.Popen(  # noqa: ASYNC220
             [
                 sys.executable,
                 "-m",

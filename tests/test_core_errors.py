@@ -135,8 +135,11 @@ async def test_bring_your_own_key_is_forwarded_when_gateway_has_none(gateway_fac
 
 async def test_gateway_key_is_never_forwarded(gateway_factory, fake_openai):
     gw = await gateway_factory({"providers": {"openai": {"base_url": fake_openai.base_url}}})
-    status, _, body = await post(gw.proxy_url + "/v1/chat/completions", json=CHAT,
-                                 headers={"Authorization": "Bearer sk-ferro-abcdef123456"})
+    status, _, body = await post(
+        gw.proxy_url + "/v1/chat/completions",
+        json=CHAT,
+        headers={"Authorization": "Bearer sk-ferro-abcdef123456"},
+    )
     # an unknown gateway key is refused; whatever happens, it never travels upstream
     assert status == 401 and b"sk-ferro-abcdef123456" not in body
     assert all("sk-ferro" not in str(r.headers) for r in fake_openai.requests)
