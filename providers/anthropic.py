@@ -19,7 +19,15 @@ import orjson
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk
 from ferro_proxy.sse import SSESplitter, parse_event
-from providers.base import Provider, ProviderSpec, read_error, record_usage, transport_error
+from providers.base import (
+    Provider,
+    ProviderSpec,
+    parse_json_body,
+    read_body,
+    read_error,
+    record_usage,
+    transport_error,
+)
 from providers.registry import register_provider
 from providers.translate_anthropic import (
     NativeToOpenAIStream,
@@ -84,21 +92,8 @@ class AnthropicProvider(Provider):
         return resp
 
     async def _read_json(self, resp: aiohttp.ClientResponse) -> tuple[bytes, dict[str, Any]]:
-        try:
-            raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(self.name, exc) from None
-        finally:
-            resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise GatewayError(
-                502, f"{self.name} sent a body that is not a JSON object", code="upstream_bad_response"
-            )
-        return raw, data
+        raw = await read_body(self.name, resp)
+        return raw, parse_json_body(self.name, raw)
 
     def _native_body(self, ex: Exchange, body: dict[str, Any]) -> dict[str, Any] | None:
         native = ex.metadata.get(NATIVE_KEY) if ex.ingress == "anthropic" else None

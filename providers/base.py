@@ -295,6 +295,30 @@ def transport_error(provider: str, exc: BaseException) -> GatewayError:
     )
 
 
+async def read_body(provider: str, resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body of an upstream answer; the connection goes back to the pool."""
+    try:
+        return await resp.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise transport_error(provider, exc) from None
+    finally:
+        resp.release()
+
+
+def parse_json_body(provider: str, raw: bytes, *, require_object: bool = True) -> Any:
+    """Parse an upstream body; anything but JSON (an object, unless told otherwise) is a 502."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = parse_json_body
+    if data is parse_json_body or (require_object and not isinstance(data, dict)):
+        what = "a JSON object" if require_object else "JSON"
+        raise GatewayError(
+            502, f"{provider} sent a body that is not {what}", code="upstream_bad_response", type="api_error"
+        )
+    return data
+
+
 async def read_error(provider: str, resp: aiohttp.ClientResponse) -> GatewayError:
     try:
         body = await resp.read()

@@ -28,6 +28,8 @@ from providers.base import (
     Provider,
     ProviderSpec,
     ResolvedSettings,
+    parse_json_body,
+    read_body,
     record_usage,
     transport_error,
     upstream_error,
@@ -121,21 +123,7 @@ class BedrockProvider(Provider):
         return err
 
     async def _read_json(self, resp: aiohttp.ClientResponse) -> Any:
-        try:
-            raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(self.name, exc) from None
-        finally:
-            resp.release()
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise GatewayError(
-                502,
-                f"{self.name} sent a body that is not JSON",
-                code="upstream_bad_response",
-                type="api_error",
-            ) from None
+        return parse_json_body(self.name, await read_body(self.name, resp), require_object=False)
 
     async def _fetch_image(self, url: str, timeout: aiohttp.ClientTimeout) -> tuple[str, str]:
         """Converse takes image bytes only: download an image URL the client gave."""

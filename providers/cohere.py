@@ -22,7 +22,15 @@ import orjson
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
 from ferro_proxy.sse import iter_events, parse_event
-from providers.base import Provider, ProviderSpec, read_error, record_usage, transport_error
+from providers.base import (
+    Provider,
+    ProviderSpec,
+    parse_json_body,
+    read_body,
+    read_error,
+    record_usage,
+    transport_error,
+)
 from providers.registry import register_provider
 
 COHERE_MODELS = (
@@ -377,24 +385,7 @@ class CohereProvider(Provider):
         return resp
 
     async def _json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
-        try:
-            raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(self.name, exc) from None
-        finally:
-            resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise GatewayError(
-                502,
-                f"{self.name} sent a body that is not a JSON object",
-                code="upstream_bad_response",
-                type="api_error",
-            )
-        return data
+        return parse_json_body(self.name, await read_body(self.name, resp))
 
     async def chat(self, ex: Exchange, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Reply:
         model = str(body.get("model", ""))

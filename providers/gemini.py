@@ -18,7 +18,15 @@ from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
 from ferro_proxy.sse import iter_events, parse_event
 from providers import translate_gemini as tg
-from providers.base import Provider, ProviderSpec, record_usage, transport_error, upstream_error
+from providers.base import (
+    Provider,
+    ProviderSpec,
+    parse_json_body,
+    read_body,
+    record_usage,
+    transport_error,
+    upstream_error,
+)
 from providers.registry import register_provider
 
 GEMINI_MODELS = (
@@ -104,24 +112,7 @@ class GoogleGenAIProvider(Provider):
         self, ex: Exchange, url: str, payload: dict[str, Any], timeout: aiohttp.ClientTimeout
     ) -> dict[str, Any]:
         resp = await self._post(ex, url, payload, timeout)
-        try:
-            raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(self.name, exc) from None
-        finally:
-            resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise GatewayError(
-                502,
-                f"{self.name} sent a body that is not a JSON object",
-                code="upstream_bad_response",
-                type="api_error",
-            )
-        return data
+        return parse_json_body(self.name, await read_body(self.name, resp))
 
     # ------------------------------------------------------------ chat
 

@@ -22,6 +22,8 @@ from ferro_proxy.sse import SSESplitter, classify
 from providers.base import (
     Provider,
     ProviderSpec,
+    parse_json_body,
+    read_body,
     read_error,
     record_usage,
     transport_error,
@@ -95,21 +97,8 @@ class OpenAICompatProvider(Provider):
         return resp
 
     async def _json_reply(self, ex: Exchange, resp: aiohttp.ClientResponse) -> Reply:
-        try:
-            raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(self.name, exc) from None
-        finally:
-            resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise GatewayError(
-                502,
-                f"{self.name} sent a body that is not JSON",
-                code="upstream_bad_response",
-                type="api_error",
-            ) from None
+        raw = await read_body(self.name, resp)
+        data = parse_json_body(self.name, raw, require_object=False)
         if isinstance(data, dict):
             record_usage(ex, Usage.from_openai(data.get("usage")))
         return Reply(resp.status, raw=raw, data=data)

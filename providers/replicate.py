@@ -26,7 +26,14 @@ import orjson
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
 from ferro_proxy.sse import iter_events, parse_event
-from providers.base import Provider, ProviderSpec, record_usage, transport_error, upstream_error
+from providers.base import (
+    Provider,
+    ProviderSpec,
+    parse_json_body,
+    record_usage,
+    transport_error,
+    upstream_error,
+)
 from providers.registry import register_provider
 
 REPLICATE_MODELS = (
@@ -220,18 +227,7 @@ class ReplicateProvider(Provider):
                     raise replicate_error(self.name, resp.status, raw, resp.headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise transport_error(self.name, exc) from None
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise GatewayError(
-                502,
-                f"{self.name} sent a body that is not a JSON object",
-                code="upstream_bad_response",
-                type="api_error",
-            )
-        return data
+        return parse_json_body(self.name, raw)
 
     async def _create(
         self, ex: Exchange, model: str, payload: dict[str, Any], timeout: aiohttp.ClientTimeout, wait: bool
