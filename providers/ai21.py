@@ -106,6 +106,8 @@ def normalize_choices(data: dict[str, Any], key: str) -> bool:
 
 
 class AI21Provider(OpenAICompatProvider):
+    default_models = tuple(DEFAULT_MODELS)
+
     async def _post(
         self, ex: Exchange, endpoint: str, body: dict[str, Any], timeout: aiohttp.ClientTimeout
     ) -> aiohttp.ClientResponse:
@@ -127,12 +129,6 @@ class AI21Provider(OpenAICompatProvider):
                 if normalize_choices(data, "delta"):
                     chunk.set_json(data)
             yield chunk
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        models = await super().list_models()
-        if models:
-            return models
-        return [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in DEFAULT_MODELS]
 
 
 register_provider(

@@ -56,6 +56,8 @@ _COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinkin
 
 
 class AnthropicProvider(Provider):
+    default_models = tuple(DEFAULT_MODELS)
+
     def request_headers(self, ex: Exchange) -> dict[str, str]:
         client = ex.headers if ex.headers is not None else {}
         version = client.get("anthropic-version") if ex.ingress == "anthropic" else None
@@ -213,12 +215,6 @@ class AnthropicProvider(Provider):
             if usage:
                 record_usage(ex, native_usage(usage))
             _release(resp, finished)
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        models = await super().list_models()
-        if models:
-            return models
-        return [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in DEFAULT_MODELS]
 
 
 def _ended_early(provider: str) -> GatewayError:

@@ -56,6 +56,8 @@ DEFAULT_MODELS = (
 
 
 class AzureFoundryProvider(OpenAICompatProvider):
+    default_models = tuple(DEFAULT_MODELS)
+
     def __init__(self, settings: ResolvedSettings, gateway: Gateway) -> None:
         endpoint = settings.extra.endpoint or settings.env.get("AZURE_FOUNDRY_ENDPOINT") or ""
         # AZURE_FOUNDRY_BASE_URL (or base_url in the config) wins over the endpoint.
@@ -91,12 +93,6 @@ class AzureFoundryProvider(OpenAICompatProvider):
         known = _CHAT_PARAMS if endpoint == "chat" else _EMBED_PARAMS
         ex.metadata[_EXTRA_FLAG] = any(k not in known for k in native)
         return await super()._post(ex, endpoint, native, timeout)
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        models = await super().list_models()
-        if models:
-            return models
-        return [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in DEFAULT_MODELS]
 
     def health(self) -> dict[str, Any]:
         return {"base_url_set": bool(self.base_url), "key_configured": bool(self.settings.api_key)}

@@ -105,6 +105,7 @@ class Provider:
     """Base adapter. Subclasses implement the endpoints they support."""
 
     spec: ProviderSpec  # set by the registry when it builds the adapter
+    default_models: tuple[str, ...] = ()  # listed by GET /v1/models besides config and catalog
 
     def __init__(self, settings: ResolvedSettings, gateway: Gateway) -> None:
         self.settings = settings
@@ -177,11 +178,13 @@ class Provider:
         return await handler(ex, body, self.client_timeout(ex, timeout))
 
     async def list_models(self) -> list[dict[str, Any]]:
-        """Models this provider serves, OpenAI `model` objects. Default: from config and catalog."""
+        """Models this provider serves, OpenAI `model` objects: from config, the catalog, and
+        the adapter's own `default_models`."""
         names = list(self.settings.models)
         catalog = self.gateway.catalog
         if catalog is not None:
             names += [m for m in catalog.models_for(self.name) if m not in names]
+        names += [m for m in self.default_models if m not in names]
         return [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in names]
 
     def health(self) -> dict[str, Any]:

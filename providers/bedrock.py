@@ -58,6 +58,8 @@ DEFAULT_MODELS = (
 
 
 class BedrockProvider(Provider):
+    default_models = tuple(DEFAULT_MODELS)
+
     def __init__(self, settings: ResolvedSettings, gateway: Gateway) -> None:
         super().__init__(settings, gateway)
         env = settings.env
@@ -73,12 +75,6 @@ class BedrockProvider(Provider):
 
     def health(self) -> dict[str, Any]:
         return {"base_url_set": True, "key_configured": self.credentials is not None, "region": self.region}
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        models = await super().list_models()
-        if models:
-            return models
-        return [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in DEFAULT_MODELS]
 
     def _url(self, model: str, action: str) -> str:
         return f"{self.base_url}/model/{quote(model, safe='')}/{action}"

@@ -344,17 +344,10 @@ def _encode(values: list[float], encoding: Any) -> Any:
 
 
 class CohereProvider(Provider):
+    default_models = tuple(COHERE_MODELS)
+
     def serves(self, model: str) -> bool:
         return super().serves(model) or model in COHERE_MODELS
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        listed = await super().list_models()
-        have = {m["id"] for m in listed}
-        return listed + [
-            {"id": m, "object": "model", "created": 0, "owned_by": self.name}
-            for m in COHERE_MODELS
-            if m not in have
-        ]
 
     async def _post(
         self,

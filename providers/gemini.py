@@ -80,16 +80,6 @@ class GoogleGenAIProvider(Provider):
     def serves(self, model: str) -> bool:
         return super().serves(model) or tg.strip_model_prefix(model) in self.default_models
 
-    async def list_models(self) -> list[dict[str, Any]]:
-        listed = await super().list_models()
-        have = {m["id"] for m in listed}
-        extra = [
-            {"id": m, "object": "model", "created": 0, "owned_by": self.name}
-            for m in self.default_models
-            if m not in have
-        ]
-        return listed + extra
-
     async def _post(
         self, ex: Exchange, url: str, payload: dict[str, Any], timeout: aiohttp.ClientTimeout
     ) -> aiohttp.ClientResponse:

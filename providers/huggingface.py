@@ -49,6 +49,8 @@ def mean_pool(vector: Any) -> list[float]:
 
 
 class HuggingFaceProvider(OpenAICompatProvider):
+    default_models = tuple(DEFAULT_MODELS)
+
     @property
     def router_root(self) -> str:
         """The router host: the chat base URL without its trailing /v1."""
@@ -140,12 +142,6 @@ class HuggingFaceProvider(OpenAICompatProvider):
                 else {"url": f"data:{mime};base64,{b64}"}
             )
         return Reply(200, data={"created": int(time.time()), "data": items})
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        models = await super().list_models()
-        if models:
-            return models
-        return [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in DEFAULT_MODELS]
 
 
 register_provider(

@@ -184,17 +184,10 @@ def replicate_error(
 
 
 class ReplicateProvider(Provider):
+    default_models = tuple(REPLICATE_MODELS)
+
     def serves(self, model: str) -> bool:
         return super().serves(model) or model.split(":", 1)[0] in REPLICATE_MODELS
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        listed = await super().list_models()
-        have = {m["id"] for m in listed}
-        return listed + [
-            {"id": m, "object": "model", "created": 0, "owned_by": self.name}
-            for m in REPLICATE_MODELS
-            if m not in have
-        ]
 
     def _headers(self, ex: Exchange, wait: bool) -> dict[str, str]:
         headers = {"Content-Type": "application/json", **self.settings.headers}
