@@ -90,6 +90,8 @@ class AnthropicProvider(Provider):
         if resp.status >= 400:
             err = await read_error(self.name, resp)
             resp.release()
+            if resp.status == 529:  # Anthropic's "overloaded": Messages clients tell it apart from a failure
+                err.type = "overloaded_error"
             raise err
         return resp
 
