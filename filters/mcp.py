@@ -1,9 +1,12 @@
 """The `mcp` filter: offers the tools of the configured MCP servers to the model and runs
 the model's calls to them (the agentic loop, ferro_proxy/mcp/loop.py).
 
-When `mcp_servers:` is set and `plugins:` has no `mcp` entry, the filter is added just
-before the router. List `mcp` in `plugins:` to place it yourself, e.g. before guardrail or
-budget filters so that every tool turn passes through them.
+When `mcp_servers:` is set and `plugins:` has no `mcp` entry, the filter is added first
+(after gateway-auth), so every tool turn passes through the guardrail, budget and other
+filters. List `mcp` in `plugins:` to place it yourself.
+
+When tools are offered to a Messages-ingress request, the Anthropic provider translates instead
+of passing the client's body through natively, so the loop can read the model's tool calls.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ferro_proxy.exchange import Exchange, Reply
 from ferro_proxy.gateway import CHAIN_HOOKS, Gateway
 from ferro_proxy.mcp.loop import ToolLoop
 from ferro_proxy.mcp.manager import McpManager
+from providers.anthropic import NATIVE_OFF
 
 
 @register_filter
@@ -53,6 +57,8 @@ class McpFilter(Filter):
         if not offered:
             return await next(ex)
         body["tools"] = [*own, *(ref.spec for ref in offered.values())]
+        # The loop reads replies in OpenAI shape: no native Anthropic pass-through on this request.
+        ex.metadata[NATIVE_OFF] = True
         loop = ToolLoop(self.manager, ex, next, offered, self.config.heartbeat_seconds)
         return await (loop.run_stream() if ex.stream else loop.run())
 

@@ -41,6 +41,9 @@ from providers.translate_anthropic import (
 DEFAULT_VERSION = "2023-06-01"
 NATIVE_KEY = "anthropic_native"  # ex.metadata: the client's Messages body (ingress)
 NATIVE_REPLY = "native_reply"  # ex.metadata: the reply is already in Messages form
+# ex.metadata: translate even on the Messages ingress, because a filter must read the reply in
+# OpenAI shape (the MCP tool loop looks for its tools' calls there).
+NATIVE_OFF = "anthropic_native_off"
 # Listed when neither config nor the model catalog names any Anthropic model.
 DEFAULT_MODELS = (
     "claude-opus-4-1-20250805",
@@ -100,7 +103,9 @@ class AnthropicProvider(Provider):
         return raw, parse_json_body(self.name, raw)
 
     def _native_body(self, ex: Exchange, body: dict[str, Any]) -> dict[str, Any] | None:
-        native = ex.metadata.get(NATIVE_KEY) if ex.ingress == "anthropic" else None
+        if ex.ingress != "anthropic" or ex.metadata.get(NATIVE_OFF):
+            return None
+        native = ex.metadata.get(NATIVE_KEY)
         return carry_over(native, body) if isinstance(native, dict) else None
 
     # ------------------------------------------------------------ chat
