@@ -121,6 +121,9 @@ class ToolServer:
         async def hang_up(ctx: Context) -> str:
             """Closes its answer stream first; the result comes on the resumed stream."""
             calls.append(("hang_up", {}))
+            # Let the priming event (the id to resume from) reach the client before hanging up;
+            # closing at once races it, and a stream closed with no id cannot be resumed.
+            await asyncio.sleep(0.1)
             await ctx.close_sse_stream()
             await asyncio.sleep(0.2)
             return "answered after the hang-up"
