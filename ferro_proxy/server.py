@@ -105,12 +105,18 @@ async def start(
     else:
         proxy_site = web.TCPSite(proxy_runner, phost, pport, reuse_address=True)
     admin_site = web.TCPSite(admin_runner, ahost, aport, reuse_address=True)
-    await proxy_site.start()
-    await admin_site.start()
+    try:
+        await proxy_site.start()
+        await admin_site.start()
+        if interception is not None and interception.transparent_listen:
+            await intercept.start_transparent(gateway, interception.transparent_listen)
+    except BaseException:  # a port in use: release pools, stores and watchers before failing
+        await proxy_runner.cleanup()
+        await admin_runner.cleanup()
+        await gateway.close()
+        raise
     pport = _bound_port(proxy_runner, pport)
     aport = _bound_port(admin_runner, aport)
-    if interception is not None and interception.transparent_listen:
-        await intercept.start_transparent(gateway, interception.transparent_listen)
     log.info(
         "listening",
         extra={

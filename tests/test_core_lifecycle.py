@@ -117,3 +117,31 @@ async def test_runs_on_embedded_defaults_without_any_config():
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_port_in_use_fails_cleanly_with_nonzero_exit():
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ferro_proxy",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            "127.0.0.1:0",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        busy.close()
+    assert proc.returncode == 1
+    assert b"cannot listen" in err
+    assert b"Traceback" not in err and b"Unclosed" not in err
