@@ -137,7 +137,8 @@ async def _native_events(chunks: AsyncIterator[StreamChunk], model: str) -> Asyn
 
 
 async def count_tokens_handler(request: web.Request) -> web.StreamResponse:
-    """Forwarded to Anthropic when Anthropic would serve the model; estimated otherwise."""
+    """Forwarded to Anthropic when Anthropic would serve the model; estimated otherwise (after
+    the gateway-key check)."""
     gateway = request.app[GATEWAY_KEY]
     try:
         ex = await _exchange(request, "count_tokens", needs_max_tokens=False)
@@ -145,12 +146,29 @@ async def count_tokens_handler(request: web.Request) -> web.StreamResponse:
         return error_response(err, request_id_of(request), anthropic_errors)
     if targets_anthropic(gateway, ex.model):
         return await serve(gateway, request, ex, anthropic_errors)
+    try:
+        await authorize(gateway, ex)
+    except GatewayError as err:
+        return error_response(err, ex.request_id, anthropic_errors)
     tokens = estimate_tokens(ex.metadata[NATIVE_KEY])
     return web.Response(
         body=orjson.dumps({"input_tokens": tokens}),
         content_type="application/json",
         headers={"X-Request-ID": ex.request_id, "x-ferro-token-count": "estimate"},
     )
+
+
+async def authorize(gateway: Any, ex: Exchange) -> None:
+    """The local estimate skips the filter chain, but not gateway-key auth (missing, unknown or
+    revoked keys, scopes, allowed models): run the chain's auth filter on its own."""
+    from filters.auth import GatewayAuth
+
+    async def admitted(_: Exchange) -> Reply:
+        return Reply(200, data={})
+
+    for f in gateway.runtime.chain.filters:
+        if isinstance(f, GatewayAuth):
+            await f.handle(ex, admitted)
 
 
 def targets_anthropic(gateway: Any, model: str) -> bool:
