@@ -25,6 +25,7 @@ from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
 from filters.cache_backends import CacheBackend, MemoryCache, RedisCache
 from filters.limits_backends import ThrottledWarning, WriteBehind, caller_identity, check_backend
+from providers.translate_anthropic import native_reply_to_openai
 
 log = logging.getLogger("ferro_proxy.cache")
 
@@ -156,6 +157,8 @@ class ResponseCache(Filter):
     def _replay(self, ex: Exchange, body: bytes) -> Reply:
         if ex.stream and ex.endpoint in ("chat", "completions"):
             data = orjson.loads(body)
+            if data.get("type") == "message":  # a native Anthropic answer (Messages ingress)
+                data = native_reply_to_openai(data)
             return Reply(200, stream=_replay_stream(replay_chunks(ex.endpoint, data, ex.wants_usage_chunk)))
         return Reply(200, raw=body)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_full_upstream import FullFakeOpenAI
 
 
@@ -100,3 +102,33 @@ async def test_cache_metrics(client, running) -> None:
         text = await resp.text()
     assert 'ferro_cache_requests_total{result="hit"} 1.0' in text
     assert 'ferro_cache_requests_total{result="miss"} 1.0' in text
+
+
+async def test_native_messages_answer_replays_as_a_messages_stream(gateway_factory) -> None:
+    """Anthropic SDK: a cached native answer asked for again as a stream is the same answer."""
+    fake = await FakeAnthropic().start()
+    try:
+        running = await gateway_factory(
+            {"plugins": [{"name": "response-cache", "type": "transform"}]},
+            env={"ANTHROPIC_API_KEY": fake.api_key, "ANTHROPIC_BASE_URL": fake.host_url},
+        )
+        claude = anthropic.AsyncAnthropic(api_key="sk-placeholder", base_url=running.proxy_url, max_retries=0)
+        request = {
+            "model": "claude-sonnet-4-20250514",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "cache me natively"}],
+        }
+        try:
+            first = await claude.messages.create(**request)
+            async with claude.messages.stream(**request) as stream:
+                text = "".join([t async for t in stream.text_stream])
+                final = await stream.get_final_message()
+                assert stream.response.headers["x-ferro-cache"] == "hit"
+        finally:
+            await claude.close()
+        assert text == first.content[0].text == fake.reply_text
+        assert final.stop_reason == "end_turn"
+        assert final.usage.output_tokens == first.usage.output_tokens == 9
+        assert len(fake.requests) == 1
+    finally:
+        await fake.stop()
