@@ -59,6 +59,10 @@ def check_native(body: Any, *, needs_max_tokens: bool) -> dict[str, Any]:
         )
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise bad_request("messages: field required (a non-empty array)", code="missing_required_parameter")
+    if not isinstance(body.get("system"), str | list | None):
+        raise bad_request(
+            "system: must be a string or an array of text blocks", code="invalid_type", param="system"
+        )
     if "stream" in body and not isinstance(body["stream"], bool | None):
         raise bad_request("stream: must be a boolean", code="invalid_type", param="stream")
     return body
@@ -68,7 +72,13 @@ async def _exchange(request: web.Request, endpoint: str, needs_max_tokens: bool)
     gateway = request.app[GATEWAY_KEY]
     raw, parsed = await read_json_body(request, gateway.config.max_request_bytes)
     native = check_native(parsed, needs_max_tokens=needs_max_tokens)
-    ex = make_exchange(request, endpoint, native_to_openai_body(native), raw)
+    try:
+        view = native_to_openai_body(native)
+    except (TypeError, ValueError, AttributeError, KeyError):  # a shape the checks above let through
+        raise bad_request(
+            "the request body does not follow the Messages API shape", code="invalid_request"
+        ) from None
+    ex = make_exchange(request, endpoint, view, raw)
     ex.ingress = "anthropic"
     ex.metadata[NATIVE_KEY] = native
     return ex

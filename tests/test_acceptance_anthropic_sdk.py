@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import anthropic
 import pytest
 
@@ -191,3 +192,22 @@ async def test_overloaded_upstream_is_an_api_status_error(claude, backend: Backe
     expected = "overloaded_error" if backend.kind == "native" else "api_error"
     assert info.value.body["type"] == "error" and info.value.body["error"]["type"] == expected
     assert "try again later" in info.value.message
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+async def test_malformed_system_is_a_400_in_anthropic_shape(running, backend: Backend, path: str) -> None:
+    body = {
+        "model": backend.model,
+        "max_tokens": 16,
+        "system": 5,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    headers = {"x-api-key": "sk-placeholder", "anthropic-version": "2023-06-01"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(running.proxy_url + path, json=body, headers=headers) as resp,
+    ):
+        assert resp.status == 400
+        answer = await resp.json()
+    assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
+    assert "system" in answer["error"]["message"]
