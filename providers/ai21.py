@@ -24,6 +24,7 @@ import orjson
 from ferro_proxy.errors import bad_request
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk
 from providers.base import ProviderSpec
+from providers.chat_shape import check_chat_shape
 from providers.openai_compat import OpenAICompatProvider
 from providers.registry import register_provider
 
@@ -111,6 +112,7 @@ class AI21Provider(OpenAICompatProvider):
     async def _post(
         self, ex: Exchange, endpoint: str, body: dict[str, Any], timeout: aiohttp.ClientTimeout
     ) -> aiohttp.ClientResponse:
+        check_chat_shape(body)
         return await super()._post(ex, endpoint, to_ai21(body), timeout)
 
     async def _json_reply(self, ex: Exchange, resp: aiohttp.ClientResponse) -> Reply:

@@ -28,6 +28,7 @@ from providers.base import (
     record_usage,
     transport_error,
 )
+from providers.chat_shape import check_chat_shape
 from providers.registry import register_provider
 from providers.translate_anthropic import (
     NativeToOpenAIStream,
@@ -115,6 +116,7 @@ class AnthropicProvider(Provider):
         native = self._native_body(ex, body)
         if native is not None:
             return await self._chat_native(ex, native, timeout)
+        check_chat_shape(body)
         payload, json_tool = openai_to_native_body(body)
         resp = await self._post(ex, "/messages", payload, timeout)
         if payload.get("stream"):

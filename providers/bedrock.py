@@ -34,6 +34,7 @@ from providers.base import (
     transport_error,
     upstream_error,
 )
+from providers.chat_shape import check_chat_shape
 from providers.registry import register_provider
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ class BedrockProvider(Provider):
     # ------------------------------------------------------------ chat
 
     async def chat(self, ex: Exchange, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Reply:
+        check_chat_shape(body)
         model = str(body.get("model") or "")
         urls = tb.remote_image_urls(body.get("messages") or [])
         fetched: dict[str, tuple[str, str]] = {}

@@ -31,6 +31,7 @@ from providers.base import (
     record_usage,
     transport_error,
 )
+from providers.chat_shape import check_chat_shape
 from providers.registry import register_provider
 
 COHERE_MODELS = (
@@ -381,6 +382,7 @@ class CohereProvider(Provider):
         return parse_json_body(self.name, await read_body(self.name, resp))
 
     async def chat(self, ex: Exchange, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Reply:
+        check_chat_shape(body)
         model = str(body.get("model", ""))
         payload = chat_request(body)
         if not body.get("stream"):

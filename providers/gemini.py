@@ -27,6 +27,7 @@ from providers.base import (
     transport_error,
     upstream_error,
 )
+from providers.chat_shape import check_chat_shape
 from providers.registry import register_provider
 
 GEMINI_MODELS = (
@@ -107,6 +108,7 @@ class GoogleGenAIProvider(Provider):
     # ------------------------------------------------------------ chat
 
     async def chat(self, ex: Exchange, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Reply:
+        check_chat_shape(body)
         model = tg.strip_model_prefix(str(body.get("model", "")))
         payload = tg.chat_request(body)
         if not body.get("stream"):

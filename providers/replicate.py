@@ -34,6 +34,7 @@ from providers.base import (
     transport_error,
     upstream_error,
 )
+from providers.chat_shape import check_chat_shape
 from providers.registry import register_provider
 
 REPLICATE_MODELS = (
@@ -266,6 +267,7 @@ class ReplicateProvider(Provider):
     # ------------------------------------------------------------ chat
 
     async def chat(self, ex: Exchange, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Reply:
+        check_chat_shape(body)
         model = str(body.get("model", ""))
         payload: dict[str, Any] = {"input": chat_input(body)}
         if not body.get("stream"):
