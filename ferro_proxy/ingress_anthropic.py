@@ -169,16 +169,10 @@ async def count_tokens_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def authorize(gateway: Any, ex: Exchange) -> None:
-    """The local estimate skips the filter chain, but not gateway-key auth (missing, unknown or
-    revoked keys, scopes, allowed models): run the chain's auth filter on its own."""
-    from filters.auth import GatewayAuth
+    """The local estimate skips the filter chain, but not gateway-key auth."""
+    from filters.auth import authorize as check_gateway_key
 
-    async def admitted(_: Exchange) -> Reply:
-        return Reply(200, data={})
-
-    for f in gateway.runtime.chain.filters:
-        if isinstance(f, GatewayAuth):
-            await f.handle(ex, admitted)
+    await check_gateway_key(gateway, ex)
 
 
 def targets_anthropic(gateway: Any, model: str) -> bool:

@@ -47,6 +47,20 @@ def split_credentials(token: str | None) -> tuple[str | None, str | None]:
     return None, token
 
 
+async def read_capped(request: web.Request, limit: int) -> bytes:
+    """The whole request body (a multipart upload arrives in many reads), refused past `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for data in request.content.iter_any():
+        size += len(data)
+        if size > limit:
+            raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+        chunks.append(data)
+    return b"".join(chunks)
+
+
 async def read_json_body(request: web.Request, limit: int) -> tuple[bytes, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
@@ -133,21 +147,16 @@ async def passthrough_handler(request: web.Request) -> web.StreamResponse:
                     raise GatewayError(
                         413, f"request body is larger than {limit} bytes", code="request_too_large"
                     )
-                raw = await request.content.read(limit + 1)
-                if len(raw) > limit:
-                    raise GatewayError(
-                        413, f"request body is larger than {limit} bytes", code="request_too_large"
-                    )
+                raw = await read_capped(request, limit)
     except GatewayError as err:
         return error_response(err, request_id_of(request))
     ex = make_exchange(request, "passthrough", body, raw)
     return await serve(gateway, request, ex)
 
 
-async def list_models(request: web.Request) -> web.Response:
+async def model_list(gateway: Gateway) -> list[dict[str, Any]]:
     """Every model the enabled providers and targets serve, enriched from the model catalog
     (mode, context window, max output, prices, capabilities), plus the configured aliases."""
-    gateway = request.app[GATEWAY_KEY]
     data: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     catalog = gateway.catalog
@@ -191,7 +200,37 @@ async def list_models(request: web.Request) -> web.Response:
                 entry.update(info.to_json())
                 break
         data.append(entry)
+    return data
+
+
+async def _authorized(request: web.Request) -> GatewayError | None:
+    """Model listings answer without the chain, but behind the same gateway-key check."""
+    from filters.auth import authorize
+
+    try:
+        await authorize(request.app[GATEWAY_KEY], make_exchange(request, "models", None, b""))
+    except GatewayError as err:
+        return err
+    return None
+
+
+async def list_models(request: web.Request) -> web.Response:
+    if (err := await _authorized(request)) is not None:
+        return error_response(err, request_id_of(request))
+    data = await model_list(request.app[GATEWAY_KEY])
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """`GET /v1/models/{id}`: an entry of the gateway's list (ids may contain '/'), else the
+    upstream's answer."""
+    if (err := await _authorized(request)) is not None:
+        return error_response(err, request_id_of(request))
+    wanted = request.match_info["model"]
+    for entry in await model_list(request.app[GATEWAY_KEY]):
+        if entry["id"] == wanted or f"{entry.get('owned_by')}/{entry['id']}" == wanted:
+            return web.Response(body=orjson.dumps(entry), content_type="application/json")
+    return await passthrough_handler(request)  # not ours to know (a fine-tune …): ask the upstream
 
 
 async def health(request: web.Request) -> web.Response:
@@ -230,6 +269,7 @@ def create_proxy_app(gateway: Gateway) -> web.Application:
     for endpoint, (path, required) in OPENAI_ROUTES.items():
         app.router.add_post(path, openai_handler(endpoint, required))
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_get("/health", health)
     # Other ingresses (Anthropic Messages ...) add their routes here, before the catch-all.
     from ferro_proxy.ingress_anthropic import add_routes as add_anthropic_routes

@@ -74,6 +74,18 @@ class GatewayAuth(Filter):
         return await next(ex)
 
 
+async def authorize(gateway: Gateway, ex: Exchange) -> None:
+    """Gateway-key auth for answers the gateway gives itself, outside the filter chain
+    (model lists, local token estimates): raises the same errors the chain's auth would."""
+
+    async def admitted(_: Exchange) -> Reply:
+        return Reply(200, data={})
+
+    for f in gateway.runtime.chain.filters:
+        if isinstance(f, GatewayAuth):
+            await f.handle(ex, admitted)
+
+
 def put_auth_first(config: GatewayConfig, gateway: Gateway, filters: list[Filter]) -> list[Filter]:
     listed = [f for f in filters if isinstance(f, GatewayAuth)]
     rest = [f for f in filters if not isinstance(f, GatewayAuth)]

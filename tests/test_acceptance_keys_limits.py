@@ -147,11 +147,6 @@ async def test_count_tokens_needs_the_gateway_key_too(running) -> None:
         await keyed.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ferro_proxy/proxy_app.py list_models (GET /v1/models, line ~147) answers without the "
-    "filter chain, so gateway-key auth never runs: the model list is served to callers without a key",
-)
 async def test_models_list_needs_the_gateway_key(running) -> None:
     await create_key(running)
     client = sdk(running, "sk-placeholder")

@@ -235,12 +235,6 @@ async def test_responses_api_upstream_400_is_a_bad_request(client) -> None:
     assert "Invalid value for 'input'" in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ferro_proxy/proxy_app.py:136 passthrough_handler reads a non-JSON body with one "
-    "request.content.read(limit + 1), which returns only the bytes already buffered; the multipart "
-    "upload reaches the upstream truncated (36 bytes), so the upstream refuses it",
-)
 async def test_audio_transcription_multipart_upload(client, upstream: FullFakeOpenAI) -> None:
     audio = b"RIFF" + bytes(range(256)) * 1200  # ~300 KB: more than one socket read
     result = await client.audio.transcriptions.create(
@@ -289,12 +283,6 @@ async def test_sdk_side_timeout_cancels_the_upstream_call(client, upstream) -> N
     assert upstream.cancelled == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ferro_proxy/proxy_app.py registers only GET /v1/models (line ~232); GET /v1/models/{id} "
-    "falls to the catch-all pass-through and is asked of the default upstream, so a model that "
-    "models.list() shows (another provider's, or an alias) is a 404 on models.retrieve()",
-)
 async def test_retrieve_finds_every_listed_model(gateway_factory, upstream: FullFakeOpenAI) -> None:
     fake_anthropic = await FakeAnthropic().start()
     try:
