@@ -19,7 +19,7 @@ from ferro_proxy.exchange import Exchange, Reply
 from ferro_proxy.gateway import CHAIN_HOOKS, Gateway
 from ferro_proxy.mcp.loop import ToolLoop
 from ferro_proxy.mcp.manager import McpManager
-from providers.anthropic import NATIVE_OFF
+from providers.translate_anthropic import NATIVE_OFF
 
 
 @register_filter

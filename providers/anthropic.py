@@ -31,6 +31,7 @@ from providers.base import (
 from providers.chat_shape import check_chat_shape
 from providers.registry import register_provider
 from providers.translate_anthropic import (
+    NATIVE_OFF,
     NativeToOpenAIStream,
     carry_over,
     native_reply_to_openai,
@@ -42,9 +43,6 @@ from providers.translate_anthropic import (
 DEFAULT_VERSION = "2023-06-01"
 NATIVE_KEY = "anthropic_native"  # ex.metadata: the client's Messages body (ingress)
 NATIVE_REPLY = "native_reply"  # ex.metadata: the reply is already in Messages form
-# ex.metadata: translate even on the Messages ingress, because a filter must read the reply in
-# OpenAI shape (the MCP tool loop looks for its tools' calls there).
-NATIVE_OFF = "anthropic_native_off"
 # Listed when neither config nor the model catalog names any Anthropic model.
 DEFAULT_MODELS = (
     "claude-opus-4-1-20250805",

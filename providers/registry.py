@@ -19,7 +19,7 @@ log = logging.getLogger("ferro_proxy.providers")
 PROVIDERS: dict[str, ProviderSpec] = {}
 
 # Support modules that define no provider.
-_NOT_ADAPTERS = {"base", "registry", "catalog", "aws_sigv4", "aws_eventstream", "google_auth"}
+_NOT_ADAPTERS = {"base", "registry", "catalog", "aws_sigv4", "aws_eventstream", "google_auth", "chat_shape"}
 
 
 def register_provider(spec: ProviderSpec) -> ProviderSpec:

@@ -22,6 +22,11 @@ import orjson
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Usage
 
+# ex.metadata: translate even on the Messages ingress, because a filter must read the reply in
+# OpenAI shape (the MCP tool loop looks for its tools' calls there). Kept here, not in
+# providers.anthropic, so filters can name it without importing (and registering) an adapter.
+NATIVE_OFF = "anthropic_native_off"
+
 DEFAULT_MAX_TOKENS = 4096
 # The forced tool that carries a JSON-schema answer (OpenAI `response_format: json_schema`).
 JSON_TOOL = "json_response"
