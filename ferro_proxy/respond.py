@@ -136,7 +136,7 @@ async def _stream(
     stream = reply.stream
     error: GatewayError | None = None
     try:
-        await response.prepare(request)
+        await _prepare_coalesced(request, response)
         async for chunk in stream:
             await response.write(chunk.raw)
     except GatewayError as err:
@@ -167,6 +167,25 @@ async def _stream(
     except (ConnectionResetError, RuntimeError):
         pass
     return response, error
+
+
+async def _prepare_coalesced(request: web.Request, response: web.StreamResponse) -> None:
+    """Start the response so that its headers ride on the first chunk when that chunk is
+    already at hand (the router pulls it before answering), saving a write per stream, and
+    go out on their own the moment the stream would wait for the upstream otherwise."""
+    response._send_headers_immediately = False  # aiohttp's own switch (web.Response sets it)
+    writer = await response.prepare(request)
+    send_headers = getattr(writer, "send_headers", None)
+    if send_headers is None:
+        return
+    asyncio.get_running_loop().call_soon(_send_headers_now, send_headers)
+
+
+def _send_headers_now(send_headers: Callable[[], None]) -> None:
+    try:
+        send_headers()  # a no-op once the first chunk carried them
+    except (ConnectionResetError, RuntimeError):
+        pass  # the client went away; the stream's next write reports it
 
 
 async def _close(stream: object) -> None:

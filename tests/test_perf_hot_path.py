@@ -12,6 +12,7 @@ import sys
 import threading
 
 import aiohttp
+from aiohttp import web
 
 from ferro_proxy.jsonlog import BatchingStreamHandler, JsonFormatter
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -122,3 +123,51 @@ async def test_gateway_keeps_answering_while_nobody_reads_its_log_output(fake_op
         proc.terminate()
         proc._ferro_log.close()  # type: ignore[attr-defined]
         await proc.wait()
+
+
+async def test_streamed_headers_go_out_at_once_when_the_body_is_not_ready_yet(gateway_factory):
+    """Headers ride on the first chunk only when it is at hand; a pass-through answer whose
+    upstream pauses before its body still shows the client its status and headers at once."""
+    release = asyncio.Event()
+
+    async def slow_content(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        await release.wait()
+        await resp.write(b"file bytes")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/files/{id}/content", slow_content)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        running = await gateway_factory(
+            env={"OPENAI_API_KEY": "sk-test-upstream-key", "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+        )
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            async with s.get(running.proxy_url + "/v1/files/file-1/content") as r:
+                assert r.status == 200  # arrived while the upstream still holds the body back
+                assert r.headers["Content-Type"] == "application/octet-stream"
+                release.set()
+                assert await asyncio.wait_for(r.read(), 10) == b"file bytes"
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_streamed_chat_arrives_whole_with_its_headers(gateway, openai_client):
+    stream = await openai_client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.headers["x-request-id"]
+    text = ""
+    async for chunk in stream.parse():
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    assert text == FakeOpenAI().reply_text
