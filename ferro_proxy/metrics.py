@@ -21,6 +21,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._collectors: dict[str, Any] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.requests = self.counter(
             "ferro_requests_total",
             "Requests answered by the proxy",
@@ -71,6 +72,16 @@ class Metrics:
         buckets: tuple[float, ...] = LATENCY_BUCKETS,
     ) -> Histogram:
         return self._get(Histogram, name, doc, labels, buckets=buckets)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: the hot path skips prometheus_client's
+        label validation and locking once a label set has been seen. (The registry keeps
+        every child anyway, so this adds no cardinality of its own.)"""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

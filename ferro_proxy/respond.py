@@ -212,15 +212,16 @@ async def _finish(
     model = ex.resolved_model or ex.model or "none"
     metrics = gateway.metrics
     duration = ex.elapsed()
-    metrics.requests.labels(ex.endpoint, provider, model, str(status)).inc()
-    metrics.request_duration.labels(ex.endpoint, provider).observe(duration)
+    child = metrics.child
+    child(metrics.requests, ex.endpoint, provider, model, str(status)).inc()
+    child(metrics.request_duration, ex.endpoint, provider).observe(duration)
     usage = ex.usage
     if usage.prompt_tokens:
-        metrics.tokens.labels(provider, model, "input").inc(usage.prompt_tokens)
+        child(metrics.tokens, provider, model, "input").inc(usage.prompt_tokens)
     if usage.completion_tokens:
-        metrics.tokens.labels(provider, model, "output").inc(usage.completion_tokens)
+        child(metrics.tokens, provider, model, "output").inc(usage.completion_tokens)
     if ex.ttft_seconds is not None and ex.stream:
-        metrics.ttft.labels(provider, model).observe(ex.ttft_seconds)
+        child(metrics.ttft, provider, model).observe(ex.ttft_seconds)
     fields = {
         "request_id": ex.request_id,
         "method": ex.method,

@@ -115,7 +115,6 @@ class Router(Filter):
         )
 
     def plan(self, ex: Exchange, requested: str, model: str, pinned: str | None) -> list[Candidate]:
-        view = RequestView(ex, requested, model)
         if pinned is not None:  # whatever the strategy: this provider's targets, this model
             return [Candidate(r, model) for r in self.by_provider[pinned]]
         usable = [
@@ -131,20 +130,22 @@ class Router(Filter):
         serving = [c for c in usable if not model or self.serves(c.route, c.model)]
         if not serving and len(usable) == 1:
             serving = usable  # a lone target gets every model; the upstream has the last word
-        ctx = Context(view, self.cfg.strategy, self.rules, self.gateway.catalog, self.rng)
         if not self.configured and self.mode == "single":
-            ordered = serving[:1]  # model-name routing over every enabled provider
-        else:
-            ordered = self.order(ctx, usable, serving)
-        if not ordered:
-            why = "; ".join(f"{k}: {v}" for k, v in ctx.notes.items())
-            raise GatewayError(
-                404,
-                f"the model {model!r} does not exist or no target serves it" + (f" ({why})" if why else ""),
-                code="model_not_found",
-                param="model",
-            )
-        return ordered
+            return serving[:1] if serving else self._nothing_serves(model, {})
+        ctx = Context(
+            RequestView(ex, requested, model), self.cfg.strategy, self.rules, self.gateway.catalog, self.rng
+        )
+        ordered = self.order(ctx, usable, serving)
+        return ordered or self._nothing_serves(model, ctx.notes)
+
+    def _nothing_serves(self, model: str, notes: dict[str, str]) -> list[Candidate]:
+        why = "; ".join(f"{k}: {v}" for k, v in notes.items())
+        raise GatewayError(
+            404,
+            f"the model {model!r} does not exist or no target serves it" + (f" ({why})" if why else ""),
+            code="model_not_found",
+            param="model",
+        )
 
     # ------------------------------------------------------------ calling
 
@@ -258,7 +259,7 @@ class Router(Filter):
                 await limiter.acquire(deadline)
             except Saturated:
                 permit.neutral()
-                self.attempts_metric.labels(route.key, "provider_saturated").inc()
+                self.gateway.metrics.child(self.attempts_metric, route.key, "provider_saturated").inc()
                 raise saturated_error(route.key, limiter) from None
             except TimeoutError:
                 permit.neutral()
@@ -271,7 +272,7 @@ class Router(Filter):
             body = {**body, "model": c.model}
         attempt = Attempt(provider=route.provider.name, model=c.model)
         ex.attempts.append(attempt)
-        before = Usage(**{k: getattr(ex.usage, k) for k in Usage.__slots__})
+        before = ex.usage.copy()
         timeout = self.timeouts[route.key]
         target_total = timeout.total if timeout is not None else None
         remaining = deadline - time.monotonic()
@@ -300,7 +301,7 @@ class Router(Filter):
             elapsed = time.perf_counter() - started
             attempt.status = reply.status
             ex.provider, ex.resolved_model, ex.target = route.provider.name, c.model, route.key
-            self.attempts_metric.labels(route.key, "ok").inc()
+            self.gateway.metrics.child(self.attempts_metric, route.key, "ok").inc()
             if reply.stream is None:
                 permit.success()
                 route.state.latency.record(elapsed)
@@ -317,7 +318,7 @@ class Router(Filter):
             return reply
         except GatewayError as err:
             attempt.status, attempt.error = err.status, err.code or err.message
-            self.attempts_metric.labels(route.key, err.code or "error").inc()
+            self.gateway.metrics.child(self.attempts_metric, route.key, err.code or "error").inc()
             if counts_against_target(err):
                 permit.failure()
                 if err.code == "gateway_timeout":  # a slow target should rank as slow
@@ -331,7 +332,8 @@ class Router(Filter):
         finally:
             attempt.duration = time.perf_counter() - started
             ex.upstream_seconds += attempt.duration
-            self.gateway.metrics.upstream_duration.labels(route.provider.name).observe(attempt.duration)
+            metrics = self.gateway.metrics
+            metrics.child(metrics.upstream_duration, route.provider.name).observe(attempt.duration)
             if limiter is not None and not handed_over:
                 limiter.release()
 
@@ -377,11 +379,11 @@ class Router(Filter):
         cost = info.cost(prompt, completion, cached) if info is not None else None
         metrics = self.gateway.metrics
         if cost is None:
-            metrics.unpriced.labels(provider, c.model).inc()
+            metrics.child(metrics.unpriced, provider, c.model).inc()
             ex.metadata["unpriced"] = True
             return
         ex.cost_usd = (ex.cost_usd or 0.0) + cost
-        metrics.cost.labels(provider, c.model).inc(cost)
+        metrics.child(metrics.cost, provider, c.model).inc(cost)
 
     # ------------------------------------------------------------ reporting
 

@@ -171,3 +171,18 @@ async def test_streamed_chat_arrives_whole_with_its_headers(gateway, openai_clie
         if chunk.choices:
             text += chunk.choices[0].delta.content or ""
     assert text == FakeOpenAI().reply_text
+
+
+async def test_metrics_keep_counting_every_request_of_a_label_set(gateway, openai_client):
+    for _ in range(3):
+        await openai_client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gateway.admin_url + "/metrics") as r:
+            text = await r.text()
+    lines = set(text.splitlines())
+    labels = 'endpoint="chat",model="gpt-4o-mini",provider="openai",status="200"'
+    assert f"ferro_requests_total{{{labels}}} 3.0" in lines
+    assert 'ferro_tokens_total{direction="input",model="gpt-4o-mini",provider="openai"} 36.0' in lines
+    assert 'ferro_router_attempts_total{outcome="ok",target="openai"} 3.0' in lines
