@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ferro_proxy.providers")
 
 PROVIDERS: dict[str, ProviderSpec] = {}
+_loaded = False
 
 # Support modules that define no provider.
 _NOT_ADAPTERS = {"base", "registry", "catalog", "aws_sigv4", "aws_eventstream", "google_auth", "chat_shape"}
@@ -32,12 +33,14 @@ def load_builtin_providers() -> dict[str, ProviderSpec]:
 
     Adapters keep heavy optional imports inside their functions, so importing them is cheap.
     """
-    if not PROVIDERS:
+    global _loaded
+    if not _loaded:  # not "if not PROVIDERS": one adapter imported early must not hide the rest
         import providers
 
         for info in pkgutil.iter_modules(providers.__path__):
             if info.name not in _NOT_ADAPTERS and not info.name.startswith(("_", "translate_")):
                 importlib.import_module(f"providers.{info.name}")
+        _loaded = True
     return PROVIDERS
 
 
