@@ -37,10 +37,19 @@ from filters.guardrails.text import Finding, Segment, apply_redactions, input_se
 log = logging.getLogger("ferro_proxy.guardrail")
 
 Action = Literal["block", "redact", "warn", "log"]
-INPUT_ENDPOINTS = frozenset({"chat", "completions", "embeddings", "images", "messages"})
+INPUT_ENDPOINTS = frozenset({"chat", "completions", "embeddings", "images", "messages", "responses"})
+RESPONSES_PATH = "/v1/responses"
 OUTPUT_ENDPOINTS = frozenset({"chat", "completions", "messages"})
 WARN_HEADER = "x-ferro-guardrail-warnings"
 _SEVERITY = {"block": 3, "redact": 2, "warn": 1, "log": 0}
+
+
+def screened_kind(ex: Exchange) -> str:
+    """The endpoint whose request shape to screen: a Responses API call arrives as a
+    pass-through, and its (JSON) body is screened like any other input."""
+    if ex.endpoint == "passthrough" and ex.method == "POST" and ex.path.rstrip("/") == RESPONSES_PATH:
+        return "responses"
+    return ex.endpoint
 
 
 class GuardrailConfig(Base):
@@ -108,8 +117,9 @@ class Guardrail(Filter):
         return findings
 
     async def handle(self, ex: Exchange, next: Next) -> Reply:
-        if self.screens_input and ex.endpoint in INPUT_ENDPOINTS and ex.body is not None:
-            found = self.check_input(ex, input_segments(ex.endpoint, ex.body))
+        kind = screened_kind(ex)
+        if self.screens_input and kind in INPUT_ENDPOINTS and ex.body is not None:
+            found = self.check_input(ex, input_segments(kind, ex.body))
             if found:
                 self.act(ex, found, "input")
         reply = await next(ex)

@@ -49,7 +49,7 @@ class MaxToken(Guardrail):
         body = ex.body or {}
         found: list[Finding] = []
         if cfg.max_tokens is not None:
-            asked = body.get("max_completion_tokens", body.get("max_tokens"))
+            asked = body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens")))
             if isinstance(asked, int) and not isinstance(asked, bool) and asked > cfg.max_tokens:
                 found.append(self._finding("max_tokens", f"asked {asked}, limit {cfg.max_tokens}"))
         if cfg.max_messages is not None:

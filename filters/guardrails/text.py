@@ -63,6 +63,26 @@ def _string_or_list(holder: dict[str, Any], key: str, role: str, out: list[Segme
                 out.append(Segment(item, value, i, role))
 
 
+def _responses_segments(body: dict[str, Any], out: list[Segment]) -> None:
+    """OpenAI Responses API requests: `instructions`, and `input` as a string or a list of
+    message items (string or `input_text` parts) and `function_call_output` items."""
+    _content_segments(body, "instructions", "system", out)
+    items = body.get("input")
+    if isinstance(items, str):
+        out.append(Segment(items, body, "input", "user"))
+        return
+    if not isinstance(items, list):
+        return
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        role = item.get("role")
+        if isinstance(role, str):
+            _content_segments(item, "content", role, out)
+        elif item.get("type") == "function_call_output" and isinstance(item.get("output"), str):
+            out.append(Segment(item["output"], item, "output", "tool"))
+
+
 def input_segments(endpoint: str, body: dict[str, Any] | None) -> list[Segment]:
     """Every piece of client text in a request body (token-id arrays are not text)."""
     out: list[Segment] = []
@@ -83,6 +103,8 @@ def input_segments(endpoint: str, body: dict[str, Any] | None) -> list[Segment]:
         _string_or_list(body, "input", "user", out)
     elif endpoint == "images":
         _string_or_list(body, "prompt", "user", out)
+    elif endpoint == "responses":
+        _responses_segments(body, out)
     return out
 
 
