@@ -125,6 +125,9 @@ class ServerLink:
         self._task: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._refresh_again = False
+        self._calls = 0  # tool calls in flight on this server
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def name(self) -> str:
@@ -138,6 +141,25 @@ class ServerLink:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mcp:{self.name}")
 
     async def stop(self) -> None:
+        await self._stop_tasks()
+        await self.client.close()
+
+    @property
+    def busy(self) -> bool:
+        return self._calls > 0
+
+    async def retire(self) -> None:
+        """Stop after a reload removed or changed this server: the tool calls in flight (each
+        bounded by the server's timeout) finish first, then the session is ended."""
+        await self._stop_tasks()
+        try:
+            async with asyncio.timeout(self.config.timeout_seconds + 1):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+        await self.client.close()
+
+    async def _stop_tasks(self) -> None:
         for task in (self._task, self._refresh):
             if task is not None:
                 task.cancel()
@@ -147,7 +169,16 @@ class ServerLink:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
-        await self.client.close()
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        self._calls += 1
+        self._idle.clear()
+        try:
+            return await self.client.call_tool(name, arguments)
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._idle.set()
 
     # ------------------------------------------------------------ connecting
 
@@ -299,6 +330,7 @@ class McpManager:
         self.gateway = gateway
         self.links: dict[str, ServerLink] = {}
         self.index = ToolIndex()
+        self._retiring: set[asyncio.Task[None]] = set()  # links a reload removed, finishing calls
         self._http: aiohttp.ClientSession | None = None
         self._clashes_logged: set[tuple[str, str, str]] = set()
         metrics = gateway.metrics
@@ -335,7 +367,12 @@ class McpManager:
         for name, link in list(self.links.items()):
             if wanted.get(name) != link.config:
                 del self.links[name]
-                await link.stop()
+                if link.busy:  # let the tool calls in flight finish before the session ends
+                    task = asyncio.get_running_loop().create_task(link.retire(), name=f"mcp-retire:{name}")
+                    self._retiring.add(task)
+                    task.add_done_callback(self._retiring.discard)
+                else:
+                    await link.stop()
                 try:
                     self.server_up.remove(name)
                 except KeyError:
@@ -404,7 +441,7 @@ class McpManager:
             timeout = link.config.timeout_seconds
             try:
                 async with asyncio.timeout(timeout):
-                    result = await link.client.call_tool(ref.name, arguments)
+                    result = await link.call_tool(ref.name, arguments)
                 text, is_error = render_result(result)
                 status = "error" if is_error else "ok"
                 if is_error:
@@ -434,6 +471,7 @@ class McpManager:
     async def close(self) -> None:
         links, self.links = self.links, {}
         await asyncio.gather(*(link.stop() for link in links.values()), return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         self.index = ToolIndex()
         if self._http is not None:
             await self._http.close()
