@@ -23,6 +23,7 @@ from providers.base import (
     Provider,
     ProviderSpec,
     parse_json_body,
+    parse_stream_json,
     read_body,
     read_error,
     record_usage,
@@ -162,12 +163,7 @@ class AnthropicProvider(Provider):
             yield tail, name, text
 
     def _parse(self, text: str) -> dict[str, Any]:
-        try:
-            data = orjson.loads(text) if text else {}
-        except orjson.JSONDecodeError:
-            raise GatewayError(
-                502, f"{self.name} sent a stream event that is not JSON", code="upstream_stream_error"
-            ) from None
+        data = parse_stream_json(self.name, text) if text else {}
         return data if isinstance(data, dict) else {}
 
     async def _openai_stream(

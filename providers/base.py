@@ -22,6 +22,7 @@ import orjson
 from ferro_proxy.config import ProviderSettings, TimeoutConfig
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
+from ferro_proxy.sse import iter_events, parse_event
 
 if TYPE_CHECKING:
     from ferro_proxy.gateway import Gateway
@@ -320,6 +321,27 @@ def parse_json_body(provider: str, raw: bytes, *, require_object: bool = True) -
             502, f"{provider} sent a body that is not {what}", code="upstream_bad_response", type="api_error"
         )
     return data
+
+
+def parse_stream_json(provider: str, text: str) -> Any:
+    """The JSON of one native stream event; anything else ends the stream with a 502."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise GatewayError(
+            502,
+            f"{provider} sent a stream event that is not JSON",
+            code="upstream_stream_error",
+            type="api_error",
+        ) from None
+
+
+async def json_events(provider: str, resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, Any]]:
+    """(event name, parsed data) for each SSE event of a native stream that carries data."""
+    async for raw in iter_events(resp.content.iter_any()):
+        name, data = parse_event(raw)
+        if data:
+            yield name, parse_stream_json(provider, data)
 
 
 async def read_error(provider: str, resp: aiohttp.ClientResponse) -> GatewayError:

@@ -21,10 +21,10 @@ import orjson
 
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
-from ferro_proxy.sse import iter_events, parse_event
 from providers.base import (
     Provider,
     ProviderSpec,
+    json_events,
     parse_json_body,
     read_body,
     read_error,
@@ -398,19 +398,7 @@ class CohereProvider(Provider):
     ) -> AsyncIterator[StreamChunk]:
         complete = False
         try:
-            async for raw in iter_events(resp.content.iter_any()):
-                name, data = parse_event(raw)
-                if not data:
-                    continue
-                try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise GatewayError(
-                        502,
-                        f"{self.name} sent a stream event that is not JSON",
-                        code="upstream_stream_error",
-                        type="api_error",
-                    ) from None
+            async for name, event in json_events(self.name, resp):
                 if not isinstance(event, dict):
                     continue
                 event.setdefault("type", name)

@@ -16,11 +16,11 @@ import orjson
 
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
-from ferro_proxy.sse import iter_events, parse_event
 from providers import translate_gemini as tg
 from providers.base import (
     Provider,
     ProviderSpec,
+    json_events,
     parse_json_body,
     read_body,
     record_usage,
@@ -125,19 +125,7 @@ class GoogleGenAIProvider(Provider):
     ) -> AsyncIterator[StreamChunk]:
         complete = False
         try:
-            async for raw in iter_events(resp.content.iter_any()):
-                _, data = parse_event(raw)
-                if not data:
-                    continue
-                try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise GatewayError(
-                        502,
-                        f"{self.name} sent a stream event that is not JSON",
-                        code="upstream_stream_error",
-                        type="api_error",
-                    ) from None
+            async for _, event in json_events(self.name, resp):
                 if isinstance(event, dict) and isinstance(event.get("error"), dict):
                     err = event["error"]
                     raise GatewayError(
