@@ -87,9 +87,25 @@ class SqliteDatabase(Database):
         self._conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
         self._conn.row_factory = aiosqlite.Row
         await self._conn.execute("PRAGMA busy_timeout=30000")
-        await self._conn.execute("PRAGMA journal_mode=WAL")
+        await self._enable_wal()
         await self._conn.execute("PRAGMA synchronous=NORMAL")
         return self
+
+    async def _enable_wal(self) -> None:
+        """Switching a file to WAL needs an exclusive lock, and SQLite answers "database is
+        locked" at once (no busy wait) when another process is opening the same new file, as
+        sidecars starting together do: retry for a while."""
+        import sqlite3
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
 
     async def execute(self, sql: str, *args: Any) -> int:
         async with self._lock:
