@@ -85,10 +85,15 @@ class SqliteDatabase(Database):
         import aiosqlite
 
         self._conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
-        self._conn.row_factory = aiosqlite.Row
-        await self._conn.execute("PRAGMA busy_timeout=30000")
-        await self._enable_wal()
-        await self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._conn.row_factory = aiosqlite.Row
+            await self._conn.execute("PRAGMA busy_timeout=30000")
+            await self._enable_wal()
+            await self._conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            # An unclosed aiosqlite connection keeps a non-daemon thread: the process could not exit.
+            await self.close()
+            raise
         return self
 
     async def _enable_wal(self) -> None:
