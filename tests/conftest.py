@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -52,6 +53,32 @@ def openai_client(gateway: Running):
     import openai
 
     return openai.AsyncOpenAI(api_key="sk-placeholder", base_url=gateway.proxy_url + "/v1", max_retries=0)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[tuple[Any, str]]:
+    """A real Redis client and a key prefix for this test alone, cleaned up afterwards."""
+    import redis.asyncio as redis_asyncio
+
+    client = redis_asyncio.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        if in_ci():
+            pytest.fail(f"Redis at {REDIS_URL} is unreachable in CI: {exc}")
+        pytest.skip(
+            f"!!! SKIPPED: Redis at {REDIS_URL} is unreachable ({exc}); these tests need a real Redis"
+        )
+    prefix = f"ferro-test:{uuid.uuid4().hex}:"
+    yield client, prefix
+    keys = [k async for k in client.scan_iter(match=prefix + "*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
 
 
 def in_ci() -> bool:

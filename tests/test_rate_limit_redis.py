@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import openai
 import pytest
 
-from tests.conftest import in_ci
+from tests.conftest import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[tuple[Any, str]]:
-    import redis.asyncio as redis_asyncio
-
-    client = redis_asyncio.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        await client.ping()
-    except Exception as exc:
-        await client.aclose()
-        if in_ci():
-            pytest.fail(f"Redis at {REDIS_URL} is unreachable in CI: {exc}")
-        pytest.skip(
-            f"!!! SKIPPED: Redis at {REDIS_URL} is unreachable ({exc}); these tests need a real Redis"
-        )
-    prefix = f"ferro-test:{uuid.uuid4().hex}:"
-    yield client, prefix
-    keys = [k async for k in client.scan_iter(match=prefix + "*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 async def sidecar(gateway_factory, fake, prefix: str, limits, dsn: str = REDIS_URL, **config):
