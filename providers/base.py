@@ -21,7 +21,7 @@ import orjson
 
 from ferro_proxy.config import ProviderSettings, TimeoutConfig
 from ferro_proxy.errors import GatewayError
-from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
+from ferro_proxy.exchange import Exchange, Reply, Usage
 from ferro_proxy.sse import iter_events, parse_event
 
 if TYPE_CHECKING:
@@ -355,20 +355,14 @@ async def read_error(provider: str, resp: aiohttp.ClientResponse) -> GatewayErro
 # ------------------------------------------------------------------ streams
 
 
-async def stream_guard(provider: str, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
-    """Turn transport failures inside a stream into GatewayErrors."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except GatewayError:
-        raise
-    except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-        raise GatewayError(
-            502,
-            f"{provider} stream broke: {type(exc).__name__}",
-            code="upstream_stream_error",
-            type="api_error",
-        ) from None
+def stream_broken(provider: str, exc: BaseException) -> GatewayError:
+    """A native or pass-through stream that failed in transit: 504 on a timeout, else 502."""
+    return GatewayError(
+        504 if isinstance(exc, TimeoutError) else 502,
+        f"{provider} stream broke: {type(exc).__name__}",
+        code="upstream_stream_error",
+        type="api_error",
+    )
 
 
 def record_usage(ex: Exchange, usage: Usage | None) -> None:

@@ -31,6 +31,7 @@ from providers.base import (
     parse_json_body,
     read_body,
     record_usage,
+    stream_broken,
     transport_error,
     upstream_error,
 )
@@ -208,12 +209,7 @@ class BedrockProvider(Provider):
                 502, f"{self.name} stream is corrupt: {exc}", code="upstream_stream_error", type="api_error"
             ) from None
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            raise GatewayError(
-                504 if isinstance(exc, TimeoutError) else 502,
-                f"{self.name} stream broke: {type(exc).__name__}",
-                code="upstream_stream_error",
-                type="api_error",
-            ) from None
+            raise stream_broken(self.name, exc) from None
         finally:
             if finished:
                 resp.release()

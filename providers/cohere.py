@@ -29,6 +29,7 @@ from providers.base import (
     read_body,
     read_error,
     record_usage,
+    stream_broken,
     transport_error,
 )
 from providers.chat_shape import check_chat_shape
@@ -419,12 +420,7 @@ class CohereProvider(Provider):
                 yield StreamChunk.from_json(translator.usage_chunk())
             yield StreamChunk.done()
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            raise GatewayError(
-                504 if isinstance(exc, TimeoutError) else 502,
-                f"{self.name} stream broke: {type(exc).__name__}",
-                code="upstream_stream_error",
-                type="api_error",
-            ) from None
+            raise stream_broken(self.name, exc) from None
         finally:
             if complete:
                 resp.release()

@@ -24,6 +24,7 @@ from providers.base import (
     parse_json_body,
     read_body,
     record_usage,
+    stream_broken,
     transport_error,
     upstream_error,
 )
@@ -146,12 +147,7 @@ class GoogleGenAIProvider(Provider):
                 yield StreamChunk.from_json(translator.usage_chunk())
             yield StreamChunk.done()
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            raise GatewayError(
-                504 if isinstance(exc, TimeoutError) else 502,
-                f"{self.name} stream broke: {type(exc).__name__}",
-                code="upstream_stream_error",
-                type="api_error",
-            ) from None
+            raise stream_broken(self.name, exc) from None
         finally:
             if complete:
                 resp.release()

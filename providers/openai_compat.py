@@ -9,7 +9,6 @@ drops it again when the client did not ask for it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from providers.base import (
     read_body,
     read_error,
     record_usage,
+    stream_broken,
     transport_error,
 )
 from providers.registry import register_provider
@@ -164,12 +164,7 @@ class OpenAICompatProvider(Provider):
                     502, f"{self.name} ended the stream early", code="upstream_stream_error", type="api_error"
                 )
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            raise GatewayError(
-                502 if not isinstance(exc, asyncio.TimeoutError) else 504,
-                f"{self.name} stream broke: {type(exc).__name__}",
-                code="upstream_stream_error",
-                type="api_error",
-            ) from None
+            raise stream_broken(self.name, exc) from None
         finally:
             if saw_done:
                 resp.release()

@@ -31,6 +31,7 @@ from providers.base import (
     ProviderSpec,
     parse_json_body,
     record_usage,
+    stream_broken,
     transport_error,
     upstream_error,
 )
@@ -379,12 +380,7 @@ class ReplicateProvider(Provider):
                     type="api_error",
                 )
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            raise GatewayError(
-                504 if isinstance(exc, TimeoutError) else 502,
-                f"{self.name} stream broke: {type(exc).__name__}",
-                code="upstream_stream_error",
-                type="api_error",
-            ) from None
+            raise stream_broken(self.name, exc) from None
         finally:
             if done:
                 resp.release()
