@@ -73,6 +73,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from ferro_proxy.config_schema import config_schema_text
+
+    text = config_schema_text()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"ferro-proxy {__version__} (python {sys.version.split()[0]})")
+    return 0
+
+
 def cmd_inject_webhook(args: argparse.Namespace) -> int:
     from ferro_proxy.k8s.webhook import run
 
@@ -101,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config file and list every error")
     validate.add_argument("file")
     validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the config's JSON Schema (for editor autocompletion)")
+    schema.add_argument("--output", "-o", help="write to this file instead of stdout")
+    schema.set_defaults(func=cmd_schema)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=cmd_version)
 
     import ferro_proxy.admin_cli  # noqa: F401  (registers `admin` and `plugins`)
     import ferro_proxy.intercept.cli  # noqa: F401  (registers `ca` and `intercept-rules`)
