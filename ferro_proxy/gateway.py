@@ -99,50 +99,72 @@ class Gateway:
             self._catalog_source = source
         return self.catalog
 
+    def _assemble(self, config: GatewayConfig) -> tuple[dict[str, Provider], list[Filter], Filter]:
+        """Providers, filters and router for `config`, built but not started.
+
+        Every build-time check lives in these constructors, so `validate` (through `check`)
+        and `serve` refuse the same configs with the same messages."""
+        problems = unknown_provider_names(config)
+        self._catalog_for(config)
+        providers = {} if problems else build_providers(config, self.env, self)
+        before = self.runtime
+        self.runtime = _PendingRuntime(config, providers)  # filters read gateway.config while built
+        try:
+            try:
+                filters = build_filters(config.plugins, self)
+            except ConfigError as exc:
+                raise ConfigError(problems + exc.errors) from None
+            if problems:  # reported together with the filters' own errors
+                raise ConfigError(problems)
+            for hook in CHAIN_HOOKS:
+                filters = hook(config, self, filters)
+            from filters.router import Router
+
+            router = Router(None, self)
+        finally:
+            self.runtime = before
+        return providers, filters, router
+
+    def check(self, config: GatewayConfig) -> None:
+        """Raise ConfigError if `config` could not be served; nothing is started or kept."""
+        catalog_before, source_before = self.catalog, self._catalog_source
+        try:
+            self._assemble(config)
+        finally:
+            self.catalog, self._catalog_source = catalog_before, source_before
+
     async def build_runtime(self, config: GatewayConfig) -> Runtime:
         """Build (and start) everything a config needs; raise ConfigError if it cannot be used."""
-        problems = unknown_provider_names(config)
-        if problems:
-            raise ConfigError(problems)
         previous = self.runtime
-        catalog_before = self.catalog
-        self._catalog_for(config)
-        providers = build_providers(config, self.env, self)
-        if previous is not None:  # keep pools of unchanged providers
-            for name, provider in list(providers.items()):
-                old = previous.providers.get(name)
-                if old is not None and old.settings == provider.settings:
-                    providers[name] = old
-        old_by_plugin: dict[bytes, Filter] = {}
-        if previous is not None:
-            for f in previous.chain.filters:
-                if f.plugin is not None:
-                    old_by_plugin.setdefault(_plugin_identity(f.plugin), f)
-        holder = _PendingRuntime(config, providers)
-        self_runtime = self.runtime
-        self.runtime = holder  # filters read gateway.config while they are built
+        catalog_before, source_before = self.catalog, self._catalog_source
         try:
-            fresh = build_filters(config.plugins, self)
-            for hook in CHAIN_HOOKS:
-                fresh = hook(config, self, fresh)
+            providers, fresh, router = self._assemble(config)
+            if previous is not None:  # keep pools of unchanged providers
+                for name, provider in list(providers.items()):
+                    old = previous.providers.get(name)
+                    if old is not None and old.settings == provider.settings:
+                        providers[name] = old
+            old_by_plugin: dict[bytes, Filter] = {}
+            if previous is not None:
+                for f in previous.chain.filters:
+                    if f.plugin is not None:
+                        old_by_plugin.setdefault(_plugin_identity(f.plugin), f)
             filters = []
             for f in fresh:
                 reused = old_by_plugin.pop(_plugin_identity(f.plugin), None) if f.plugin is not None else None
                 filters.append(reused or f)
-            from filters.router import Router
-
-            router = Router(None, self)
             chain = Chain(filters, router)
             runtime = Runtime(config, providers, chain)
+            self.runtime = _PendingRuntime(config, providers)  # filters may read gateway.config in start()
             for f in filters:
                 if f not in (previous.chain.filters if previous else ()):
                     await f.start()
             await router.start()
         except BaseException:
-            self.runtime = self_runtime
-            self.catalog = catalog_before
+            self.catalog, self._catalog_source = catalog_before, source_before
             raise
-        self.runtime = self_runtime
+        finally:
+            self.runtime = previous
         return runtime
 
     async def apply(self, config: GatewayConfig, *, actor: str = "system") -> Runtime:

@@ -6,12 +6,13 @@ checked from the raw document, so one run lists them all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ferro_proxy.chain import FILTERS, load_builtin_filters
 from ferro_proxy.config import ConfigError, convert, expand_env, load_config, parse_document
-from providers.registry import unknown_provider_names
+from ferro_proxy.gateway import Gateway
 
 
 def _plugin_errors(plugins: list[tuple[int, Any, Any, Any]]) -> list[str]:
@@ -52,11 +53,18 @@ def _raw_plugins(path: str, known_errors: list[str]) -> list[tuple[int, Any, Any
     return out
 
 
-def validate_file(path: str) -> list[str]:
+def validate_file(path: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """Every error `serve` would refuse this file for, in the same words.
+
+    A config that loads is checked by building what `serve` builds (providers, filters, the
+    router), without starting anything; one that does not load still has its plugins checked
+    from the raw document, so one run lists every error."""
     try:
-        config = load_config(path)
+        config = load_config(path, env)
     except ConfigError as exc:
         return exc.errors + _plugin_errors(_raw_plugins(path, exc.errors))
-    errors = unknown_provider_names(config)
-    errors += _plugin_errors([(i, p.name, p.type, p.config) for i, p in enumerate(config.plugins)])
-    return errors
+    try:
+        Gateway(env=env).check(config)
+    except ConfigError as exc:
+        return exc.errors
+    return []
