@@ -161,6 +161,16 @@ class InterceptConfig(Base):
     head_timeout: Duration = 30.0  # a connection that never sends a complete request head
 
 
+class FetchConfig(Base):
+    """Downloads the gateway makes on a client's behalf (image URLs) or an upstream's (output URLs)."""
+
+    allow_http: bool = False  # plain http:// besides https://
+    # UNSAFE outside tests: also reach loopback, link-local (cloud metadata), private and CGNAT addresses.
+    allow_private: bool = False
+    max_bytes: int = 20 * 1024 * 1024
+    timeout: Duration = 10.0
+
+
 class GatewayConfig(Base):
     strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
     targets: list[TargetConfig] = msgspec.field(default_factory=list)
@@ -172,6 +182,7 @@ class GatewayConfig(Base):
     request_timeout: Duration = 600.0
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     intercept: InterceptConfig = msgspec.field(default_factory=InterceptConfig)
+    fetch: FetchConfig = msgspec.field(default_factory=FetchConfig)
     model_catalog: str | None = None  # a file or URL overriding the bundled catalog
 
 

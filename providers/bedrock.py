@@ -21,6 +21,7 @@ from yarl import URL
 
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
+from ferro_proxy.safe_fetch import FetchError, SafeFetcher, image_fetch_failed
 from providers import translate_bedrock as tb
 from providers.aws_eventstream import EventStreamDecoder, EventStreamError
 from providers.aws_sigv4 import Credentials, sign
@@ -72,6 +73,7 @@ class BedrockProvider(Provider):
         secret = extra.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY")
         token = extra.session_token or env.get("AWS_SESSION_TOKEN") or None
         self.credentials = Credentials(access, secret, token) if access and secret else None
+        self._fetcher = SafeFetcher(lambda: gateway.config.fetch)
 
     # ------------------------------------------------------------ plumbing
 
@@ -124,23 +126,20 @@ class BedrockProvider(Provider):
         return parse_json_body(self.name, await read_body(self.name, resp), require_object=False)
 
     async def _fetch_image(self, url: str, timeout: aiohttp.ClientTimeout) -> tuple[str, str]:
-        """Converse takes image bytes only: download an image URL the client gave."""
+        """Converse takes image bytes only: download an image URL the client gave, under the
+        outbound-fetch policy (public https hosts only; one neutral error for any failure)."""
         try:
-            async with self.session.get(url, timeout=timeout) as resp:
-                if resp.status >= 400:
-                    raise bad_request(f"image URL answered {resp.status}: {url[:100]}", param="messages")
-                data = await resp.content.read(MAX_IMAGE_BYTES + 1)
-                mime = resp.headers.get("Content-Type")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise bad_request(f"image URL could not be fetched ({type(exc).__name__}): {url[:100]}") from None
-        if len(data) > MAX_IMAGE_BYTES:
-            raise bad_request(
-                f"image at {url[:100]} is larger than {MAX_IMAGE_BYTES} bytes", param="messages"
-            )
+            data, mime = await self._fetcher.fetch(url, timeout=timeout.total, max_bytes=MAX_IMAGE_BYTES)
+        except FetchError:
+            raise image_fetch_failed() from None
         fmt = tb.image_format(mime, data)
         if fmt is None:
-            raise bad_request(f"image at {url[:100]} is not png, jpeg, gif or webp", param="messages")
+            raise bad_request("an image URL is not png, jpeg, gif or webp", param="messages")
         return fmt, base64.b64encode(data).decode()
+
+    async def close(self) -> None:
+        await self._fetcher.close()
+        await super().close()
 
     # ------------------------------------------------------------ chat
 

@@ -18,17 +18,20 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
+from ferro_proxy.safe_fetch import FetchError, SafeFetcher, same_origin
 from ferro_proxy.sse import iter_events, parse_event
 from providers.base import (
     Provider,
     ProviderSpec,
+    ResolvedSettings,
     parse_json_body,
     record_usage,
     stream_broken,
@@ -37,6 +40,9 @@ from providers.base import (
 )
 from providers.chat_shape import check_chat_shape
 from providers.registry import register_provider
+
+if TYPE_CHECKING:
+    from ferro_proxy.gateway import Gateway
 
 REPLICATE_MODELS = (
     "meta/meta-llama-3-8b-instruct",
@@ -62,6 +68,10 @@ _ASPECT = {
     "1536x1024": "3:2",
     "1024x1536": "2:3",
 }
+DEFAULT_BASE_URL = "https://api.replicate.com/v1"
+# Replicate's own answer names stream URLs on other hosts of its domains; with the default base
+# URL those may get the token too. A configured base URL trusts its own origin only.
+_REPLICATE_DOMAINS = (".replicate.com", ".replicate.net")
 
 # ------------------------------------------------------------------ translation
 
@@ -188,6 +198,40 @@ def replicate_error(
 class ReplicateProvider(Provider):
     default_models = tuple(REPLICATE_MODELS)
 
+    def __init__(self, settings: ResolvedSettings, gateway: Gateway) -> None:
+        super().__init__(settings, gateway)
+        self._fetcher = SafeFetcher(lambda: gateway.config.fetch)
+
+    async def close(self) -> None:
+        await self._fetcher.close()
+        await super().close()
+
+    def _credentials_go_to(self, url: str) -> bool:
+        """May a URL named in Replicate's answer get the token (and configured headers)?"""
+        base = self.settings.base_url
+        if same_origin(url, base):
+            return True
+        if base.rstrip("/") != DEFAULT_BASE_URL:
+            return False
+        try:
+            u = URL(url)
+        except (ValueError, TypeError):
+            return False
+        host = (u.raw_host or "").lower()
+        return u.scheme == "https" and u.port == 443 and host.endswith(_REPLICATE_DOMAINS)
+
+    def _named_url(self, url: str) -> str:
+        """An upstream-named URL the token is sent to: only on the configured host."""
+        if not self._credentials_go_to(url):
+            raise GatewayError(
+                502,
+                f"{self.name} named a URL outside its configured host",
+                code="upstream_bad_response",
+                type="api_error",
+                provider=self.name,
+            )
+        return url
+
     def serves(self, model: str) -> bool:
         return super().serves(model) or model.split(":", 1)[0] in REPLICATE_MODELS
 
@@ -252,7 +296,7 @@ class ReplicateProvider(Provider):
                 )
             await asyncio.sleep(_POLL_DELAYS[min(polls, len(_POLL_DELAYS) - 1)])
             polls += 1
-            prediction = await self._request(ex, "GET", get_url, timeout)
+            prediction = await self._request(ex, "GET", self._named_url(get_url), timeout)
         status = prediction.get("status")
         if status != "succeeded":
             reason = prediction.get("error") or f"the prediction ended as {status!r}"
@@ -302,15 +346,24 @@ class ReplicateProvider(Provider):
         stream_url = (prediction.get("urls") or {}).get("stream")
         if not stream_url:
             raise bad_request(f"the Replicate model {model!r} does not stream its output", param="stream")
+        sse = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        if not self._credentials_go_to(stream_url):
+            # Another host: no token, and only a public one (the fetch policy decides).
+            try:
+                resp = await self._fetcher.open(stream_url, headers=sse, timeout=timeout)
+            except FetchError:
+                self._cancel_soon(ex, prediction)
+                raise GatewayError(
+                    502,
+                    f"{self.name}: the prediction's stream could not be opened",
+                    code="upstream_bad_response",
+                    type="api_error",
+                    provider=self.name,
+                ) from None
+            return Reply(200, stream=self._stream(ex, resp, prediction, model, timeout))
         try:
             resp = await self.session.get(
-                stream_url,
-                headers={
-                    **self._headers(ex, wait=False),
-                    "Accept": "text/event-stream",
-                    "Cache-Control": "no-store",
-                },
-                timeout=timeout,
+                stream_url, headers={**self._headers(ex, wait=False), **sse}, timeout=timeout
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise transport_error(self.name, exc) from None
@@ -397,7 +450,7 @@ class ReplicateProvider(Provider):
     def _cancel_soon(self, ex: Exchange, prediction: dict[str, Any]) -> None:
         """An abandoned stream: cancel the prediction so Replicate stops generating (and billing)."""
         cancel_url = (prediction.get("urls") or {}).get("cancel")
-        if not cancel_url:
+        if not cancel_url or not self._credentials_go_to(cancel_url):
             return
         task = asyncio.get_running_loop().create_task(self._cancel(ex, cancel_url))
         _BACKGROUND.add(task)
@@ -418,7 +471,7 @@ class ReplicateProvider(Provider):
         if not get_url:
             return None
         try:
-            finished = await self._request(ex, "GET", get_url, timeout)
+            finished = await self._request(ex, "GET", self._named_url(get_url), timeout)
         except GatewayError:
             return None  # the answer is complete; only the token count is lost
         return usage_from_metrics(finished.get("metrics"))
@@ -446,6 +499,20 @@ class ReplicateProvider(Provider):
     async def _download_b64(self, url: str, timeout: aiohttp.ClientTimeout) -> str:
         if url.startswith("data:"):
             return url.partition(",")[2]
+        if not same_origin(url, self.settings.base_url):
+            # Output files live on another host (replicate.delivery): fetched without the token,
+            # and only from a public address.
+            try:
+                data, _ = await self._fetcher.fetch(url, timeout=timeout.total)
+            except FetchError:
+                raise GatewayError(
+                    502,
+                    f"{self.name}: fetching the generated image failed",
+                    code="upstream_error",
+                    type="api_error",
+                    provider=self.name,
+                ) from None
+            return base64.b64encode(data).decode()
         try:
             async with self.session.get(url, timeout=timeout) as resp:
                 if resp.status >= 400:

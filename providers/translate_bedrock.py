@@ -102,7 +102,8 @@ def _image_url(part: Mapping[str, Any]) -> str:
 
 
 def remote_image_urls(messages: list[Any]) -> list[str]:
-    """http(s) image URLs in the messages: Converse takes bytes only, so they are fetched."""
+    """Non-data image URLs in the messages: Converse takes bytes only, so they are fetched
+    (the fetcher decides which schemes and hosts it will reach)."""
     urls: list[str] = []
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
@@ -111,7 +112,7 @@ def remote_image_urls(messages: list[Any]) -> list[str]:
         for part in content:
             if isinstance(part, dict) and part.get("type") == "image_url":
                 url = _image_url(part)
-                if url.startswith(("http://", "https://")) and url not in urls:
+                if not url.startswith("data:") and url not in urls:
                     urls.append(url)
     return urls
 

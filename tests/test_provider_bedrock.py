@@ -180,7 +180,12 @@ async def test_json_schema_response_format_comes_back_as_content(client, fake):
     assert fake.requests[-1].body["toolConfig"]["toolChoice"] == {"tool": {"name": "answer"}}
 
 
-async def test_image_inputs_url_and_base64(client, fake):
+async def test_image_inputs_url_and_base64(gateway_factory, fake):
+    # The fake serves the image over http on loopback: only the unsafe test settings reach it.
+    gw = await gateway_factory(
+        config={"fetch": {"allow_http": True, "allow_private": True}}, env=env_for(fake)
+    )
+    client = openai.AsyncOpenAI(api_key="unused", base_url=gw.proxy_url + "/v1", max_retries=0)
     data_url = "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8\xff\xe0jpegbytes").decode()
     await client.chat.completions.create(
         model=MODEL,
