@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ferro_proxy.gateway import Gateway
 from ferro_proxy.health import health_report
+from ferro_proxy.health_access import may_see_detail
 
 ADMIN_GATEWAY = web.AppKey("gateway", Gateway)
 
@@ -24,8 +25,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    report = health_report(request.app[ADMIN_GATEWAY])
-    return web.Response(body=orjson.dumps(report), content_type="application/json")
+    gateway = request.app[ADMIN_GATEWAY]
+    report = health_report(gateway, detailed=await may_see_detail(request, gateway))
+    return web.Response(
+        body=orjson.dumps(report), content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
 
 
 async def ready(request: web.Request) -> web.Response:

@@ -60,7 +60,7 @@ async def list_providers(request: web.Request) -> web.Response:
 
 async def admin_health(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    report = health_report(gateway)
+    report = health_report(gateway, detailed=True)  # the route needs read_only or admin
     hub = gateway.services.get("stores")
     if hub is not None:
         report["stores"] = hub.health()

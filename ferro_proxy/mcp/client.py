@@ -44,15 +44,27 @@ NotificationHandler = Callable[[str, dict[str, Any]], None]
 
 
 class McpError(Exception):
-    """A failure talking to an MCP server. The message names the server, never a secret."""
+    """A failure talking to an MCP server. The message names the server, never a secret;
+    `category` is the short word the public `/health` shows instead of the message."""
+
+    category = "error"
+
+    def __init__(self, message: str, category: str | None = None) -> None:
+        super().__init__(message)
+        if category is not None:
+            self.category = category
 
 
 class McpTransportError(McpError):
     """The server could not be reached, answered with an HTTP error or broke the stream."""
 
+    category = "protocol_error"
+
 
 class McpSessionExpired(McpError):
     """The server answered 404 for our session: it no longer knows it."""
+
+    category = "session_expired"
 
 
 class McpRpcError(McpError):
@@ -62,6 +74,19 @@ class McpRpcError(McpError):
         super().__init__(message)
         self.code = code
         self.data = data
+
+
+def connect_category(exc: BaseException) -> str:
+    """The public `/health` word for a failed connection or exchange."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
+        return "tls"
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return "unreachable"
+    return "protocol_error"
 
 
 def parse_sse_event(raw: bytes) -> tuple[str | None, int | None, str]:
@@ -126,7 +151,8 @@ class McpClient:
         version = result.get("protocolVersion")
         if version not in SUPPORTED_VERSIONS:
             raise McpError(
-                f"MCP server {self.name!r} speaks protocol {version!r}, which this gateway does not"
+                f"MCP server {self.name!r} speaks protocol {version!r}, which this gateway does not",
+                "protocol_error",
             )
         self.protocol_version = str(version)
         info = result.get("serverInfo")
@@ -206,7 +232,7 @@ class McpClient:
                 last_id, retry_ms = await self._read_events(resp, None, last_id)
             except (aiohttp.ClientError, OSError) as exc:
                 raise McpTransportError(
-                    f"MCP server {self.name!r} stream broke: {type(exc).__name__}"
+                    f"MCP server {self.name!r} stream broke: {type(exc).__name__}", connect_category(exc)
                 ) from None
             finally:
                 resp.release()
@@ -242,7 +268,9 @@ class McpClient:
         return headers
 
     def _unreachable(self, exc: BaseException) -> McpTransportError:
-        return McpTransportError(f"MCP server {self.name!r} could not be reached: {type(exc).__name__}")
+        return McpTransportError(
+            f"MCP server {self.name!r} could not be reached: {type(exc).__name__}", connect_category(exc)
+        )
 
     async def _post(self, message: dict[str, Any]) -> aiohttp.ClientResponse:
         try:
@@ -266,7 +294,10 @@ class McpClient:
                 detail = ": " + err["message"][:300]
         except (orjson.JSONDecodeError, aiohttp.ClientError, OSError, TimeoutError):
             pass
-        raise McpTransportError(f"MCP server {self.name!r} answered {what} with HTTP {resp.status}{detail}")
+        raise McpTransportError(
+            f"MCP server {self.name!r} answered {what} with HTTP {resp.status}{detail}",
+            "auth_failed" if resp.status in (401, 403) else "http_error",
+        )
 
     async def _request(self, method: str, params: dict[str, Any] | None) -> Any:
         req_id = next(self._ids)
@@ -302,7 +333,7 @@ class McpClient:
             )
         except (aiohttp.ClientError, OSError) as exc:
             raise McpTransportError(
-                f"MCP server {self.name!r} broke off {method}: {type(exc).__name__}"
+                f"MCP server {self.name!r} broke off {method}: {type(exc).__name__}", connect_category(exc)
             ) from None
         finally:
             resp.release()

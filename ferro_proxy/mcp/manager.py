@@ -20,14 +20,16 @@ import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import orjson
 
 from ferro_proxy.admin_app import READINESS_CHECKS
 from ferro_proxy.config import GatewayConfig, McpServerConfig
-from ferro_proxy.health import HEALTH_SECTIONS
+from ferro_proxy.health import DETAIL_KEY, HEALTH_SECTIONS
 from ferro_proxy.mcp.client import McpClient, McpError, McpRpcError, McpSessionExpired
+from ferro_proxy.url_redact import REDACTED
 
 if TYPE_CHECKING:
     from ferro_proxy.gateway import Gateway
@@ -39,6 +41,7 @@ MAX_BACKOFF = 30.0
 FIRST_CONNECT_WAIT = 5.0  # the longest a request waits for a server's very first connect
 MIN_SETUP_TIMEOUT = 10.0  # connecting and listing tools get at least this, whatever the call timeout
 _NOT_A_FUNCTION_NAME = re.compile(r"[^A-Za-z0-9_-]")
+_MIN_SECRET = 4  # shorter config values would mask ordinary words
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,32 @@ class ToolOutcome:
     text: str  # what the model reads in the `tool` message
     status: str  # ok | error | timeout | unavailable
     duration: float
+
+
+def config_secrets(config: McpServerConfig) -> tuple[str, ...]:
+    """The values of a server's config that are credentials: every header value, every
+    query value and the userinfo of its URL. Longest first, so no part of one is left."""
+    found = {v for v in config.headers.values() if v}
+    try:
+        parts = urlsplit(config.url)
+        found.update(v for v in (parts.username, parts.password) if v)
+        found.update(v for _, v in parse_qsl(parts.query, keep_blank_values=True) if v)
+        for param in parts.query.split("&"):  # also as written (percent-encoded), bare ones too
+            name, eq, raw = param.partition("=")
+            found.add(raw if eq else name)
+    except ValueError:
+        pass
+    for value in list(found):  # a header `Bearer <token>` may be quoted as the bare token
+        scheme, _, rest = value.partition(" ")
+        if rest and scheme.isalpha():
+            found.add(rest.strip())
+    return tuple(sorted((v for v in found if len(v) >= _MIN_SECRET), key=len, reverse=True))
+
+
+def mask_values(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def exposed_name(name: str) -> str:
@@ -110,7 +139,9 @@ class ServerLink:
         self.config = config
         self.manager = manager
         self.state = "connecting"  # connecting | up | down
-        self.error: str | None = None
+        self.error: str | None = None  # what went wrong, the server's secrets masked
+        self.error_category: str | None = None  # the short word the public /health shows
+        self.secrets = config_secrets(config)
         self.tools: tuple[ToolRef, ...] = ()
         self.attempted = asyncio.Event()  # set after the first connect attempt, good or bad
         self.client = McpClient(
@@ -190,19 +221,19 @@ class ServerLink:
                     await self.client.initialize()
                     tools = await self.client.list_tools()
                 self._set_tools(tools)
-                self._set_state("up", None)
+                self._set_state("up", None, None)
                 backoff = INITIAL_BACKOFF
                 self.attempted.set()
                 await self._serve_until_broken()
             except Exception as exc:  # whatever went wrong, the loop keeps retrying
                 if isinstance(exc, McpError):
-                    reason = str(exc)
+                    reason, category = str(exc), exc.category
                 elif isinstance(exc, TimeoutError):
-                    reason = "did not answer in time"
+                    reason, category = "did not answer in time", "timeout"
                 else:
                     log.exception("MCP server %s: unexpected failure", self.name)
-                    reason = f"unexpected failure: {type(exc).__name__}"
-                self._set_state("down", reason)
+                    reason, category = f"unexpected failure: {type(exc).__name__}", "error"
+                self._set_state("down", reason, category)
                 self.attempted.set()
                 try:
                     async with asyncio.timeout(backoff * random.uniform(0.8, 1.2)):
@@ -225,8 +256,10 @@ class ServerLink:
                 pass
         self._broken.clear()
         if self.state == "up":
-            self._set_state("down", self.error or "connection lost")
-        raise McpError(self.error or f"MCP server {self.name!r} connection lost")
+            self._set_state("down", self.error or "connection lost", self.error_category or "unreachable")
+        raise McpError(
+            self.error or f"MCP server {self.name!r} connection lost", self.error_category or "unreachable"
+        )
 
     async def _listen(self) -> None:
         while True:
@@ -238,22 +271,27 @@ class ServerLink:
                 try:
                     async with asyncio.timeout(self.setup_timeout):
                         await self.client.reinitialize(generation)
-                except (McpError, TimeoutError) as exc:
-                    self.report_failure(str(exc) if isinstance(exc, McpError) else "re-initialize timed out")
+                except McpError as exc:
+                    self.report_failure(str(exc), exc.category)
+                    return
+                except TimeoutError:
+                    self.report_failure("re-initialize timed out", "timeout")
                     return
             except McpError as exc:
-                self.report_failure(str(exc))
+                self.report_failure(str(exc), exc.category)
                 return
 
-    def report_failure(self, reason: str) -> None:
+    def report_failure(self, reason: str, category: str = "error") -> None:
         """A call or the listener lost the server: mark it down and let the loop reconnect."""
         if self.state == "up":
-            self._set_state("down", reason)
+            self._set_state("down", reason, category)
         self._broken.set()
 
-    def _set_state(self, state: str, error: str | None) -> None:
+    def _set_state(self, state: str, error: str | None, category: str | None) -> None:
         changed = state != self.state
-        self.state, self.error = state, error
+        self.state = state
+        self.error = mask_values(error, self.secrets) if error else None
+        self.error_category = category if error else None
         self.manager.server_up.labels(self.name).set(1 if state == "up" else 0)
         if changed and state == "up":
             log.info(
@@ -263,7 +301,7 @@ class ServerLink:
                 len(self.tools),
             )
         elif changed and state == "down":
-            log.warning("MCP server %s is down: %s", self.name, error)
+            log.warning("MCP server %s is down: %s", self.name, self.error)
         if changed:
             self.manager.rebuild_index()
 
@@ -319,7 +357,8 @@ class ServerLink:
         if self.client.protocol_version and self.state == "up":
             detail["protocol_version"] = self.client.protocol_version
         if self.error and self.state != "up":
-            detail["error"] = self.error
+            detail["error"] = self.error_category or "error"
+            detail[DETAIL_KEY] = self.error
         return detail
 
 
@@ -453,7 +492,9 @@ class McpManager:
                 status, text = "error", f"error: {exc}"
             except McpError as exc:
                 status, text = "unavailable", f"error: {exc}"
-                link.report_failure(str(exc))
+                link.report_failure(str(exc), exc.category)
+            if status != "ok":  # the server's own error text may quote the credentials we sent it
+                text = mask_values(text, link.secrets)
         duration = time.perf_counter() - started
         self.tool_calls.labels(ref.server, ref.name, status).inc()
         self.tool_duration.labels(ref.server, ref.name).observe(duration)
