@@ -215,6 +215,7 @@ class Exchange:
     raw_body: bytes = b""
     ingress: str = "openai"  # openai | anthropic | intercept
     client_api_key: str | None = None  # a provider key the client brought (BYO key)
+    client_key_for: str | None = None  # the only provider the BYO key may go to (set by the router)
     gateway_key: Any = None  # the authenticated gateway key record, if any
     metadata: dict[str, Any] = field(default_factory=dict)
     # Filled in by the router and providers:
@@ -228,7 +229,7 @@ class Exchange:
     upstream_seconds: float = 0.0
     ttft_seconds: float | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
-    native_path: str | None = None  # for pass-through of a provider's native API
+    native_path: str | None = None  # pass-through: the checked raw path (and query) below /v1
 
     @property
     def model(self) -> str:

@@ -2,9 +2,15 @@
 
 Model resolution: aliases first (`aliases: {fast: gpt-4o-mini}`), then `provider/model`
 addressing, which pins the request to that provider whatever the strategy (unless some
-enabled provider serves the full slashed name itself, as Groq does `openai/gpt-oss-120b`).
+usable provider serves the full slashed name itself, as Groq does `openai/gpt-oss-120b`).
 With no `targets:` in the config, every enabled provider is a target and requests go to
-the one that serves the model (by catalog, declared models or name prefix).
+the one that serves the model (by catalog, declared models or name prefix); a lone enabled
+provider serves every model. With `targets:`, they are an allowlist: no other provider is
+used, and a model no target serves is a 404 before any upstream call.
+
+A client's own provider key (BYO) goes only to the provider it was meant for: the one named
+by `provider/model`, else the request's first choice. A fallback target without a key of its
+own is skipped rather than handed the client's key.
 
 Then `strategy.mode` orders the targets (filters/routing/strategies.py) and each one is
 tried with its own retries, circuit breaker, concurrency limit and timeouts, within the
@@ -19,12 +25,14 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
+from fnmatch import fnmatchcase
 from typing import Any
 
 from ferro_proxy.chain import Filter, Next
 from ferro_proxy.config import PluginConfig, TargetConfig, TimeoutConfig
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Attempt, Exchange, Reply, StreamChunk, Usage
+from ferro_proxy.metric_labels import model_label
 from filters.routing.breaker import OPEN, Permit
 from filters.routing.conditions import RequestView, compile_rule
 from filters.routing.limits import Saturated, saturated_error
@@ -51,25 +59,20 @@ class Router(Filter):
         cfg = gateway.config
         self.cfg = cfg
         self.providers = gateway.providers
-        self.configured = bool(cfg.targets)
+        self.configured = bool(cfg.targets)  # configured targets are an allowlist
         targets = cfg.targets or [TargetConfig(virtual_key=name) for name in self.providers]
         keyed = list(zip(target_keys(targets), targets, strict=True))
-        # A provider addressed as `provider/model` without a target of its own still gets one.
-        named = {t.virtual_key for t in targets}
-        keyed += [(name, TargetConfig(virtual_key=name)) for name in self.providers if name not in named]
         states = bind_targets(gateway, keyed, cfg.strategy.latency_window)
-        routes = [
+        self.routes = [  # what strategies choose from
             Route(key, t, self.providers[t.virtual_key], state, t.label or key)
             for (key, t), state in zip(keyed, states, strict=True)
             if t.virtual_key in self.providers
         ]
-        primary = set(target_keys(targets))
-        self.routes = [r for r in routes if r.key in primary]  # what strategies choose from
         self.by_provider: dict[str, list[Route]] = {}
-        for r in routes:
+        for r in self.routes:
             self.by_provider.setdefault(r.target.virtual_key, []).append(r)
         self.missing = [t.virtual_key for t in targets if t.virtual_key not in self.providers]
-        self.timeouts = {r.key: _timeout_of(r.target) for r in routes}
+        self.timeouts = {r.key: _timeout_of(r.target) for r in self.routes}
         self.mode = cfg.strategy.mode
         self.order = STRATEGIES[self.mode]
         self.pool = self.mode in POOL_MODES
@@ -101,22 +104,32 @@ class Router(Filter):
 
     def _served_verbatim(self, model: str) -> bool:
         catalog = self.gateway.catalog
-        if catalog is not None and any(p in self.providers for p in catalog.providers_of(model)):
+        if catalog is not None and any(p in self.by_provider for p in catalog.providers_of(model)):
             return True
         return any(model in r.target.models or model in r.provider.settings.models for r in self.routes)
 
-    def serves(self, route: Route, model: str) -> bool:
+    def lists(self, route: Route, model: str) -> bool:
+        """The target serves `model` under its own name: catalog, provider's declared models or
+        name prefixes, a self-hosted provider (any name), or the `models:` globs of a target
+        that does not rewrite (a rewrite target's `models:` are what it accepts, not serves)."""
         t = route.target
         return (
-            t.model is not None
-            or model in t.models
-            or route.provider.serves(model)
+            route.provider.serves(model)
             or route.provider.spec.open_models
+            or (t.model is None and any(fnmatchcase(model, pattern) for pattern in t.models))
         )
+
+    def serves(self, route: Route, model: str) -> bool:
+        """A target with `model:` rewrites every request routed to it (the operator chose what
+        is sent), narrowed by its `models:` when it has some; others serve what they list."""
+        t = route.target
+        if t.model is not None:
+            return not t.models or any(fnmatchcase(model, pattern) for pattern in t.models)
+        return self.lists(route, model)
 
     def plan(self, ex: Exchange, requested: str, model: str, pinned: str | None) -> list[Candidate]:
         if pinned is not None:  # whatever the strategy: this provider's targets, this model
-            return [Candidate(r, model) for r in self.by_provider[pinned]]
+            return self._pinned(pinned, model)
         usable = [
             Candidate(r, r.target.model or model) for r in self.routes if r.provider.supports(ex.endpoint)
         ]
@@ -127,9 +140,13 @@ class Router(Filter):
                 f"no configured target serves the {ex.endpoint} endpoint{missing}",
                 code="model_not_found",
             )
-        serving = [c for c in usable if not model or self.serves(c.route, c.model)]
-        if not serving and len(usable) == 1:
-            serving = usable  # a lone target gets every model; the upstream has the last word
+        serving = [c for c in usable if not model or self.serves(c.route, model)]
+        if self.configured:
+            if not serving:
+                return self._nothing_serves(model, {})
+            usable = serving  # the allowlist: no strategy may pick a target that does not serve it
+        elif not serving and len(usable) == 1:
+            serving = usable  # a lone enabled provider gets every model; the upstream has the last word
         if not self.configured and self.mode == "single":
             return serving[:1] if serving else self._nothing_serves(model, {})
         ctx = Context(
@@ -137,6 +154,56 @@ class Router(Filter):
         )
         ordered = self.order(ctx, usable, serving)
         return ordered or self._nothing_serves(model, ctx.notes)
+
+    def _pinned(self, provider: str, model: str) -> list[Candidate]:
+        routes = self.by_provider.get(provider, [])
+        if self.configured:
+            if not routes:
+                raise GatewayError(
+                    404,
+                    f"the provider {provider!r} is not a configured target",
+                    code="model_not_found",
+                    param="model",
+                )
+            routes = [r for r in routes if not model or self.lists(r, model)]
+            if not routes:
+                return self._nothing_serves(f"{provider}/{model}", {})
+        return [Candidate(r, model) for r in routes]
+
+    def served_models(self, provider: str, models: list[str]) -> list[str] | None:
+        """Of `models` (a provider's listing), those the allowlist serves on that provider;
+        None when the provider is not a target. Everything when no `targets:` are configured."""
+        routes = self.by_provider.get(provider)
+        if not self.configured:
+            return models if provider in self.providers else None
+        if not routes:
+            return None
+        return [m for m in models if any(self.serves(r, m) for r in routes)]
+
+    def routable(self, model: str) -> bool:
+        """Some target serves `model` (an alias target, `provider/model` or a bare name);
+        always True without `targets:` (the upstream has the last word)."""
+        if not self.configured:
+            return True
+        ex = Exchange(
+            request_id="", endpoint="chat", method="GET", path="", headers={}, body={"model": model}
+        )
+        _, resolved, pinned = self.resolve_model(ex)
+        if pinned is None:
+            return any(self.serves(r, resolved) for r in self.routes)
+        try:
+            return bool(self._pinned(pinned, resolved))
+        except GatewayError:
+            return False
+
+    def client_key_target(self, ex: Exchange, c: Candidate) -> bool:
+        """Would this target need the client's own key, which was meant for another provider?"""
+        provider = c.route.provider
+        return (
+            ex.client_api_key is not None
+            and ex.client_key_for != provider.name
+            and not provider.has_own_credentials()
+        )
 
     def _nothing_serves(self, model: str, notes: dict[str, str]) -> list[Candidate]:
         why = "; ".join(f"{k}: {v}" for k, v in notes.items())
@@ -152,6 +219,8 @@ class Router(Filter):
     async def handle(self, ex: Exchange, next: Next) -> Reply:
         requested, model, pinned = self.resolve_model(ex)
         candidates = self.plan(ex, requested, model, pinned)
+        if ex.client_api_key is not None and ex.client_key_for is None:
+            ex.client_key_for = pinned or candidates[0].route.provider.name
         deadline = ex.metadata.get("deadline")
         if deadline is None:
             deadline = ex.metadata["deadline"] = time.monotonic() + self.cfg.request_timeout
@@ -197,7 +266,7 @@ class Router(Filter):
             retry_after = min(waits) if waits else None
             return GatewayError(
                 503,
-                f"every target is unavailable (circuit open): {', '.join(tried)}",
+                f"every target is unavailable: {', '.join(tried)}",
                 code="upstream_unavailable",
                 type="api_error",
                 retry_after=retry_after,
@@ -220,8 +289,14 @@ class Router(Filter):
     async def _try_target(
         self, ex: Exchange, c: Candidate, deadline: float, tried: list[str]
     ) -> Reply | None:
-        """Up to `retry.attempts` attempts at one target; None when its circuit is open."""
+        """Up to `retry.attempts` attempts at one target; None when its circuit is open or it
+        is skipped (it has no key of its own and the client's key is for another provider)."""
         route = c.route
+        if self.client_key_target(ex, c):
+            tried.append(
+                f"{route.key} (skipped: no key of its own for a client key meant for {ex.client_key_for})"
+            )
+            return None
         retry = route.target.retry or NO_RETRY
         breaker = route.state.breaker
         last: GatewayError | None = None
@@ -379,7 +454,7 @@ class Router(Filter):
         cost = info.cost(prompt, completion, cached) if info is not None else None
         metrics = self.gateway.metrics
         if cost is None:
-            metrics.child(metrics.unpriced, provider, c.model).inc()
+            metrics.child(metrics.unpriced, provider, model_label(self.gateway, provider, c.model)).inc()
             ex.metadata["unpriced"] = True
             return
         ex.cost_usd = (ex.cost_usd or 0.0) + cost

@@ -145,8 +145,15 @@ class Provider:
         )
 
     def api_key_for(self, ex: Exchange) -> str | None:
-        """The configured key; else the client's own key (bring your own key)."""
-        return self.settings.api_key or ex.client_api_key
+        """The configured key; else the client's own key (bring your own key), but only when
+        this is the provider the router meant it for (never a fallback's)."""
+        if self.settings.api_key:
+            return self.settings.api_key
+        return ex.client_api_key if ex.client_key_for == self.name else None
+
+    def has_own_credentials(self) -> bool:
+        """The gateway holds what this provider needs (a key, or none is needed)."""
+        return bool(self.settings.api_key) or self.spec.env_key is None
 
     def serves(self, model: str) -> bool:
         if not model:

@@ -94,6 +94,9 @@ class VertexAIProvider(GoogleGenAIProvider):
         record_usage(ex, Usage(prompt_tokens=tokens))
         return Reply(200, data=tg.embeddings_response(vectors, model, tokens, body.get("encoding_format")))
 
+    def has_own_credentials(self) -> bool:
+        return self.tokens is not None or super().has_own_credentials()
+
     def health(self) -> dict[str, Any]:
         return {
             "base_url_set": bool(self.base),

@@ -106,9 +106,10 @@ def test_config_snippets_validate(page: Path) -> None:
 
 def test_every_filter_and_its_fields_are_documented() -> None:
     chain.load_builtin_filters()
-    assert set(chain.FILTERS) == set(FILTER_PAGES), "a new filter needs a page in FILTER_PAGES"
+    bundled = {name: cls for name, cls in chain.FILTERS.items() if cls.__module__.startswith("filters.")}
+    assert set(bundled) == set(FILTER_PAGES), "a new filter needs a page in FILTER_PAGES"
     missing = []
-    for name, cls in chain.FILTERS.items():
+    for name, cls in bundled.items():
         page = (ROOT / "docs" / FILTER_PAGES[name]).read_text()
         if f"`{name}`" not in page and f"name: {name}" not in page:
             missing.append(name)

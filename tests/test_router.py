@@ -351,7 +351,7 @@ async def test_aliases_and_provider_model_addressing(gateway_factory, fleet):
     gw = await gateway_factory(
         {
             "strategy": {"mode": "single"},
-            "targets": [{"virtual_key": "openai"}],
+            "targets": [{"virtual_key": "openai"}, {"virtual_key": "groq"}],  # targets are an allowlist
             "aliases": {"fast": "gpt-4o-mini", "llama": "groq/llama-3.3-70b-versatile"},
             "providers": fleet.providers(),
         }
