@@ -13,6 +13,7 @@ from ferro_proxy.cors import cors_middleware
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Exchange
 from ferro_proxy.gateway import Gateway
+from ferro_proxy.proxy_path import check_target
 from ferro_proxy.respond import error_response, request_id_of, serve
 
 log = logging.getLogger("ferro_proxy.proxy")
@@ -137,6 +138,8 @@ async def passthrough_handler(request: web.Request) -> web.StreamResponse:
     body: dict[str, Any] | None = None
     raw = b""
     try:
+        # request.path is already decoded (and `%2e%2e` is `..` there): check what the client sent
+        upstream_target = check_target(request.raw_path)
         limit = gateway.config.max_request_bytes
         if request.can_read_body:
             if request.content_type == "application/json":
@@ -151,16 +154,21 @@ async def passthrough_handler(request: web.Request) -> web.StreamResponse:
     except GatewayError as err:
         return error_response(err, request_id_of(request))
     ex = make_exchange(request, "passthrough", body, raw)
+    ex.native_path = upstream_target
     return await serve(gateway, request, ex)
 
 
 async def model_list(gateway: Gateway) -> list[dict[str, Any]]:
     """Every model the enabled providers and targets serve, enriched from the model catalog
-    (mode, context window, max output, prices, capabilities), plus the configured aliases."""
+    (mode, context window, max output, prices, capabilities), plus the configured aliases.
+    With `targets:` configured, only what that allowlist routes (the router decides)."""
     data: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     catalog = gateway.catalog
     config = gateway.config
+    router = gateway.runtime.chain.terminal if gateway.runtime is not None else None
+    served = getattr(router, "served_models", None)
+    routable = getattr(router, "routable", None)
 
     def enriched(provider: str, model: dict[str, Any]) -> dict[str, Any]:
         info = catalog.get(provider, model["id"]) if catalog else None
@@ -168,12 +176,18 @@ async def model_list(gateway: Gateway) -> list[dict[str, Any]]:
 
     declared: dict[str, list[str]] = {}
     for t in config.targets:
-        declared.setdefault(t.virtual_key, []).extend([*t.models, *([t.model] if t.model else [])])
+        names = [m for m in t.models if not _is_pattern(m)]  # "*" or "llama-*" name no one model
+        declared.setdefault(t.virtual_key, []).extend([*names, *([t.model] if t.model else [])])
     for name, provider in gateway.providers.items():
         try:
             models = await provider.list_models()
         except GatewayError:
             models = []
+        if served is not None:
+            kept = served(name, [m["id"] for m in models])
+            if kept is None:  # enabled, but not one of the configured targets
+                continue
+            models = [m for m in models if m["id"] in set(kept)]
         models += [
             {"id": m, "object": "model", "created": 0, "owned_by": name} for m in declared.get(name, [])
         ]
@@ -184,6 +198,8 @@ async def model_list(gateway: Gateway) -> list[dict[str, Any]]:
             seen.add(key)
             data.append(enriched(name, m))
     for alias, target in config.aliases.items():
+        if routable is not None and not routable(target):
+            continue
         entry: dict[str, Any] = {
             "id": alias,
             "object": "model",
@@ -201,6 +217,10 @@ async def model_list(gateway: Gateway) -> list[dict[str, Any]]:
                 break
         data.append(entry)
     return data
+
+
+def _is_pattern(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
 
 
 async def _authorized(request: web.Request) -> GatewayError | None:
@@ -235,11 +255,17 @@ async def retrieve_model(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     from ferro_proxy.health import health_report
+    from ferro_proxy.health_access import may_see_detail
 
     gateway = request.app[GATEWAY_KEY]
-    report = health_report(gateway)
+    report = health_report(gateway, detailed=await may_see_detail(request, gateway))
     status = 200 if report["status"] != "unavailable" else 503
-    return web.Response(status=status, body=orjson.dumps(report), content_type="application/json")
+    return web.Response(
+        status=status,
+        body=orjson.dumps(report),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def draining_middleware(gateway: Gateway):
@@ -275,5 +301,6 @@ def create_proxy_app(gateway: Gateway) -> web.Application:
     from ferro_proxy.ingress_anthropic import add_routes as add_anthropic_routes
 
     add_anthropic_routes(app)
-    app.router.add_route("*", "/v1/{tail:.*}", passthrough_handler)
+    # [\s\S]: a decoded "%0a" must reach the path check too, not fall out as a bare 404
+    app.router.add_route("*", r"/v1/{tail:[\s\S]*}", passthrough_handler)
     return app

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
+from ferro_proxy.proxy_path import check_target, upstream_url
 from ferro_proxy.sse import SSESplitter, classify
 from providers.base import (
     Provider,
@@ -179,8 +181,9 @@ class OpenAICompatProvider(Provider):
 
     async def passthrough(self, ex: Exchange, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Reply:
         """Any other `/v1/*` call: forwarded to this upstream's base URL, answered as bytes."""
-        sub_path = ex.path[3:] if ex.path.startswith("/v1/") else ex.path
-        url = self.settings.base_url + sub_path + (f"?{ex.query}" if ex.query else "")
+        # ex.path and ex.query are decoded ("%23" is "#" there): forward the checked raw form
+        sub_target = ex.native_path if ex.native_path is not None else check_target(quote(ex.path))
+        url = upstream_url(self.settings.base_url, sub_target)
         headers = {
             k: v
             for k, v in ex.headers.items()
