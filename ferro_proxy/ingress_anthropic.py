@@ -19,6 +19,7 @@ from aiohttp import web
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk
 from ferro_proxy.proxy_app import GATEWAY_KEY, make_exchange, read_json_body
+from ferro_proxy.proxy_path import check_model_name
 from ferro_proxy.respond import error_response, request_id_of, serve
 from providers.anthropic import NATIVE_KEY, NATIVE_REPLY
 from providers.translate_anthropic import (
@@ -48,6 +49,7 @@ def check_native(body: Any, *, needs_max_tokens: bool) -> dict[str, Any]:
         raise bad_request("request body must be a JSON object", code="invalid_json")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise bad_request("model: field required", code="missing_required_parameter", param="model")
+    check_model_name(body["model"])
     max_tokens = body.get("max_tokens")
     if needs_max_tokens and (
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1

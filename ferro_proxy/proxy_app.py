@@ -13,7 +13,7 @@ from ferro_proxy.cors import cors_middleware
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Exchange
 from ferro_proxy.gateway import Gateway
-from ferro_proxy.proxy_path import check_target
+from ferro_proxy.proxy_path import check_model_name, check_target
 from ferro_proxy.respond import error_response, request_id_of, serve
 
 log = logging.getLogger("ferro_proxy.proxy")
@@ -111,8 +111,11 @@ def check_fields(body: Any, required: tuple[str, ...]) -> None:
             raise bad_request(
                 f"missing required field: {name!r}", code="missing_required_parameter", param=name
             )
-    if "model" in body and not isinstance(body["model"], str):
-        raise bad_request("'model' must be a string", code="invalid_type", param="model")
+    if "model" in body:
+        if not isinstance(body["model"], str):
+            raise bad_request("'model' must be a string", code="invalid_type", param="model")
+        if body["model"]:
+            check_model_name(body["model"])
     if "messages" in required and not isinstance(body.get("messages"), list):
         raise bad_request("'messages' must be an array", code="invalid_type", param="messages")
     if "stream" in body and not isinstance(body["stream"], bool | None):

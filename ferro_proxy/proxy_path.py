@@ -96,3 +96,25 @@ def upstream_url(base_url: str, sub_target: str) -> URL:
         if not same_origin or not below or candidate.raw_fragment:
             raise invalid_path("leaves the provider's base URL")
     return url
+
+
+MAX_MODEL_NAME = 256
+# What model ids use: letters, digits and `-_.:/@+~` (`ft:gpt-4o:org::id`, `owner/model`,
+# `claude-3@20240229`, `llama3:8b`). Nothing that could end or leave a URL path.
+_MODEL_OK = re.compile(r"[A-Za-z0-9@][A-Za-z0-9\-_.:/@+~]*")
+
+
+def check_model_name(model: str) -> None:
+    """A client's `model` becomes part of upstream URLs (Gemini, Vertex, Azure deployments,
+    Hugging Face, Replicate): refuse anything that could leave the provider's base path."""
+    problem = None
+    if len(model) > MAX_MODEL_NAME:
+        problem = f"longer than {MAX_MODEL_NAME} characters"
+    elif not _MODEL_OK.fullmatch(model):
+        problem = "only letters, digits and - _ . : / @ + ~ are allowed"
+    elif any(not segment.strip(".") for segment in model.split("/")):
+        problem = "empty, '.' or '..' path segment"
+    if problem is not None:
+        raise GatewayError(
+            400, f"invalid model name: {problem}", code="invalid_model_name", param="model"
+        )
