@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 import yaml
 
+from ferro_proxy.netpolicy import parse_host_port
+
 # Seconds; in the document also strings like "500ms", "30s", "2m".
 DURATION = msgspec.Meta(description="duration in seconds")
 Duration = Annotated[float, DURATION]
@@ -151,6 +153,8 @@ class InterceptConfig(Base):
     hosts: list[str] | None = None
     extra_hosts: list[str] = msgspec.field(default_factory=list)
     passthrough: Literal["allow", "deny"] = "allow"
+    passthrough_hosts: list[str] = msgspec.field(default_factory=list)  # non-empty: only these
+    passthrough_allow_private: bool = False  # tunnels to loopback/private/link-local addresses
     ca_dir: str | None = None
     ca_cert: str | None = None
     ca_key: str | None = None
@@ -171,6 +175,24 @@ class FetchConfig(Base):
     timeout: Duration = 10.0
 
 
+class ListenerConfig(Base):
+    """Limits on one listener's client connections (slow or greedy clients)."""
+
+    header_timeout: Duration = 10.0  # connect (or a kept-alive request's first byte) to end of head
+    idle_timeout: Duration = 75.0  # a kept-alive connection waiting for its next request
+    body_timeout: Duration = 60.0  # end of the head to end of the request body
+    max_connections: int = 1024  # past it, new connections get 503
+
+
+class AdminListenerConfig(ListenerConfig):
+    max_connections: int = 64
+
+
+class ServerConfig(Base):
+    proxy: ListenerConfig = msgspec.field(default_factory=ListenerConfig)
+    admin: AdminListenerConfig = msgspec.field(default_factory=AdminListenerConfig)
+
+
 class GatewayConfig(Base):
     strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
     targets: list[TargetConfig] = msgspec.field(default_factory=list)
@@ -183,12 +205,17 @@ class GatewayConfig(Base):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     intercept: InterceptConfig = msgspec.field(default_factory=InterceptConfig)
     fetch: FetchConfig = msgspec.field(default_factory=FetchConfig)
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     model_catalog: str | None = None  # a file or URL overriding the bundled catalog
+    # Env variables a config sent through the admin API may reference as ${NAME}; read from the
+    # config file only (the admin API cannot change it). Empty: API configs are literal.
+    admin_env_allowlist: list[str] = msgspec.field(default_factory=list)
 
 
 # ---------------------------------------------------------------- env expansion
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_REFERENCE = _VAR  # what `expand_env` substitutes: group 1 the name, group 2 the default
 
 
 def expand_env(value: Any, env: typing.Mapping[str, str] | None = None) -> Any:
@@ -403,6 +430,21 @@ def semantic_errors(cfg: GatewayConfig) -> list[str]:
     for i, s in enumerate(cfg.mcp_servers):
         if not s.url.startswith(("http://", "https://")):
             errors.append(f"mcp_servers[{i}].url: must be an http(s) URL")
+    for i, name in enumerate(cfg.admin_env_allowlist):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            errors.append(f"admin_env_allowlist[{i}]: must be an environment variable name")
+    for name in ("proxy", "admin"):
+        listener = getattr(cfg.server, name)
+        for field in ("header_timeout", "idle_timeout", "body_timeout"):
+            if not 0 < getattr(listener, field) <= 86400:
+                errors.append(f"server.{name}.{field}: must be > 0 and <= 86400 seconds")
+        if listener.max_connections < 1:
+            errors.append(f"server.{name}.max_connections: must be >= 1")
+    for i, entry in enumerate(cfg.intercept.passthrough_hosts):
+        try:
+            parse_host_port(entry)
+        except ValueError as exc:
+            errors.append(f"intercept.passthrough_hosts[{i}]: {exc}")
     return errors
 
 
@@ -419,13 +461,49 @@ def parse_document(text: str, source: str) -> Any:
 
 
 def config_from_data(
-    data: Any, source: str | None = None, env: typing.Mapping[str, str] | None = None
+    data: Any,
+    source: str | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    *,
+    expand: typing.Callable[[Any], Any] | None = None,
 ) -> GatewayConfig:
-    cfg = convert(GatewayConfig, expand_env(data, env), source=source)
-    problems = semantic_errors(cfg)
-    if problems:
-        raise ConfigError(problems, source)
+    """Expand (`expand`, by default `expand_env` with `env`), validate and build the config.
+
+    Error messages quote values as written, never as expanded from the environment."""
+    expanded = expand(data) if expand is not None else expand_env(data, env)
+    try:
+        cfg = convert(GatewayConfig, expanded, source=source)
+        problems = semantic_errors(cfg)
+        if problems:
+            raise ConfigError(problems, source)
+    except ConfigError as exc:
+        raise ConfigError(unexpanded_errors(exc.errors, data, expanded), source) from None
     return cfg
+
+
+def _expanded_pairs(raw: Any, expanded: Any, out: dict[str, str]) -> None:
+    if isinstance(raw, str):
+        if isinstance(expanded, str) and expanded != raw:
+            out[repr(expanded)] = repr(raw)
+            if len(expanded) >= 6:  # shorter values would match ordinary words of a message
+                out[expanded] = raw
+    elif isinstance(raw, list) and isinstance(expanded, list):
+        for r, e in zip(raw, expanded, strict=False):
+            _expanded_pairs(r, e, out)
+    elif isinstance(raw, dict) and isinstance(expanded, dict):
+        for key, r in raw.items():
+            if key in expanded:
+                _expanded_pairs(r, expanded[key], out)
+
+
+def unexpanded_errors(errors: list[str], raw: Any, expanded: Any) -> list[str]:
+    """`errors` with each env-expanded string of `expanded` put back as written in `raw`."""
+    pairs: dict[str, str] = {}
+    _expanded_pairs(raw, expanded, pairs)
+    if not pairs:
+        return errors
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(pairs, key=len, reverse=True)))
+    return [pattern.sub(lambda m: pairs[m.group(0)], message) for message in errors]
 
 
 def load_config(path: str | os.PathLike[str], env: typing.Mapping[str, str] | None = None) -> GatewayConfig:

@@ -13,6 +13,9 @@ upstream named: the interception tunnel, outbound fetches.
   answer differently (DNS rebinding).
 - `await resolve_public(host, port)`: the same, but raises `NotPublicAddress` when any
   address is not public (unless `allow_private=True`).
+- `gateway.services[OWN_LISTENERS]`: the `(host, port)` of the proxy and admin listeners
+  (set by `ferro_proxy.server` once they are bound), never a destination:
+  `is_own_listener(ip, port, listeners)`.
 - `parse_host_port(entry)`: an allowlist entry `host`, `*.example.com:443`, `[::1]:8443`
   as `(host pattern, port or None)`; ValueError when malformed.
 """
@@ -22,8 +25,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Iterable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+Listener = tuple[str, int]  # (bound host, port) of one of the gateway's own listeners
+OWN_LISTENERS = "own_listeners"
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -75,6 +82,30 @@ def is_public_address(ip: str | IPAddress) -> bool:
     )
 
 
+def plain_address(ip: IPAddress) -> IPAddress:
+    """An IPv6 address carrying an IPv4 one (mapped, NAT64, 6to4) as that IPv4 address."""
+    inner = embedded_ipv4(ip)
+    return inner if inner is not None else ip
+
+
+def is_own_listener(ip: IPAddress, port: int, listeners: Iterable[Listener]) -> bool:
+    """Whether `ip:port` is (certainly) one of `listeners`, judged before connecting. A
+    listener on 0.0.0.0 is also reachable at every local address: once connected, a socket
+    whose local address equals its peer's went to this host (see intercept/passthrough)."""
+    ip = plain_address(ip)
+    for bound, bound_port in listeners:
+        if port != bound_port:
+            continue
+        if ip.is_loopback or ip.is_unspecified:
+            return True
+        try:
+            if plain_address(ipaddress.ip_address(bound.strip("[]"))) == ip:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 async def resolve_host(host: str, port: int = 0) -> list[IPAddress]:
     """Every address of `host` for a TCP connection, in resolver order, without duplicates
     (an IP literal, bracketed or not, is returned without a lookup). Raises OSError
@@ -118,7 +149,7 @@ def parse_host_port(entry: str) -> tuple[str, int | None]:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{entry!r}: expected [IPv6]:port")
+            raise ValueError("expected [IPv6 address]:port")
         port_text = rest[1:] if rest else None
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
@@ -126,9 +157,9 @@ def parse_host_port(entry: str) -> tuple[str, int | None]:
         host = text  # a bare IPv6 address has several colons and no port
     host = host.rstrip(".")
     if not host or any(c.isspace() or c in "/@" for c in host):
-        raise ValueError(f"{entry!r}: expected a host name or pattern")
+        raise ValueError("expected a host name or pattern, optionally with :port")
     if port_text is None:
         return host, None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{entry!r}: the port must be 1-65535")
+        raise ValueError("the port must be 1-65535")
     return host, int(port_text)

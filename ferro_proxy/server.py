@@ -14,6 +14,8 @@ from aiohttp import web
 from ferro_proxy.admin_app import create_admin_app
 from ferro_proxy.config import GatewayConfig
 from ferro_proxy.gateway import Gateway
+from ferro_proxy.listener_limits import ConnectionGuard, GuardedRunner
+from ferro_proxy.netpolicy import OWN_LISTENERS
 from ferro_proxy.proxy_app import create_proxy_app
 
 log = logging.getLogger("ferro_proxy.server")
@@ -94,8 +96,13 @@ async def start(
         raise
     for hook in list(gateway.services.get("startup_hooks", [])):
         await hook(gateway)
-    proxy_runner = web.AppRunner(create_proxy_app(gateway), handler_cancellation=True, access_log=None)
-    admin_runner = web.AppRunner(create_admin_app(gateway), access_log=None)
+    metrics = gateway.metrics
+    proxy_guard = ConnectionGuard("proxy", lambda: gateway.config.server.proxy, metrics)
+    admin_guard = ConnectionGuard("admin", lambda: gateway.config.server.admin, metrics)
+    proxy_runner = GuardedRunner(
+        create_proxy_app(gateway), proxy_guard, handler_cancellation=True, access_log=None
+    )
+    admin_runner = GuardedRunner(create_admin_app(gateway), admin_guard, access_log=None)
     await proxy_runner.setup()
     await admin_runner.setup()
     phost, pport = parse_listen(listen, 8080)
@@ -117,6 +124,8 @@ async def start(
         raise
     pport = _bound_port(proxy_runner, pport)
     aport = _bound_port(admin_runner, aport)
+    # Tunnels and outbound fetches refuse to connect back to these.
+    gateway.services[OWN_LISTENERS] = [(phost, pport), (ahost, aport)]
     log.info(
         "listening",
         extra={

@@ -1,5 +1,6 @@
 """The proxy listener at the connection level: tunnels for hosts it does not intercept (the
-server's own certificate reaches the client), `passthrough: deny`, plain-HTTP proxy
+server's own certificate reaches the client; the test servers are on loopback, so these
+tests set `passthrough_allow_private: true`), `passthrough: deny`, plain-HTTP proxy
 requests, and bad input (malformed CONNECT lines, a stalled TLS handshake, oversized heads)
 answered with clear errors while other connections carry on."""
 
@@ -49,7 +50,7 @@ async def _intercepted_chat(gw, tmp_path) -> int:
 async def test_other_hosts_are_tunnelled_with_their_own_certificate(
     gateway_factory, fake_openai, tmp_path, tls_server
 ) -> None:
-    gw = await _gateway(gateway_factory, fake_openai, tmp_path)
+    gw = await _gateway(gateway_factory, fake_openai, tmp_path, passthrough_allow_private=True)
     reader, writer, status, _ = await raw_connect(
         gw.proxy_port, f"CONNECT 127.0.0.1:{tls_server.port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
     )
@@ -66,7 +67,7 @@ async def test_other_hosts_are_tunnelled_with_their_own_certificate(
 
 
 async def test_https_client_through_the_tunnel(gateway_factory, fake_openai, tmp_path, tls_server) -> None:
-    gw = await _gateway(gateway_factory, fake_openai, tmp_path)
+    gw = await _gateway(gateway_factory, fake_openai, tmp_path, passthrough_allow_private=True)
     async with aiohttp.ClientSession() as s:
         for _ in range(2):
             async with s.get(
@@ -80,7 +81,9 @@ async def test_https_client_through_the_tunnel(gateway_factory, fake_openai, tmp
 async def test_passthrough_deny_refuses_other_hosts_but_still_intercepts(
     gateway_factory, fake_openai, tmp_path, tls_server
 ) -> None:
-    gw = await _gateway(gateway_factory, fake_openai, tmp_path, passthrough="deny")
+    gw = await _gateway(
+        gateway_factory, fake_openai, tmp_path, passthrough="deny", passthrough_allow_private=True
+    )
     _, writer, status, body = await raw_connect(
         gw.proxy_port, f"CONNECT 127.0.0.1:{tls_server.port} HTTP/1.1\r\n\r\n".encode()
     )
@@ -97,7 +100,7 @@ async def test_passthrough_deny_refuses_other_hosts_but_still_intercepts(
 
 
 async def test_unreachable_tunnel_target_gets_502(gateway_factory, fake_openai, tmp_path) -> None:
-    gw = await _gateway(gateway_factory, fake_openai, tmp_path)
+    gw = await _gateway(gateway_factory, fake_openai, tmp_path, passthrough_allow_private=True)
     with __import__("socket").socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]

@@ -8,8 +8,10 @@ bytes already read (ordinary and absolute-form requests; the latter are mapped i
 - intercepted (a provider host on 443): `200 Connection Established`, TLS terminated with a
   leaf certificate minted for the host, and the decrypted stream handed to a fresh
   RequestHandler of the same proxy app, in a context naming the host;
-- tunnelled byte for byte to `host:port` when `intercept.passthrough: allow`;
-- refused with 403 when `intercept.passthrough: deny`.
+- tunnelled byte for byte to `host:port` when `passthrough.py` allows it (by default: only
+  to public addresses, resolved once and connected to as checked);
+- else refused with 403 (`intercept.passthrough: deny`, not in `passthrough_hosts`, a
+  private address, or one of the gateway's own listeners).
 
 Errors before the tunnel exists are HTTP responses with an OpenAI-shaped JSON body; a
 failed TLS handshake or an upstream that cannot be reached closes that one connection.
@@ -33,9 +35,16 @@ from ferro_proxy.errors import GatewayError
 from ferro_proxy.intercept import requests as intercept_requests
 from ferro_proxy.intercept.ca import CertificateAuthority
 from ferro_proxy.intercept.hosts import HostTable
+from ferro_proxy.intercept.passthrough import (
+    PassthroughPolicy,
+    Refusal,
+    connected_to_self,
+    own_listener_refusal,
+)
 from ferro_proxy.intercept.requests import CONNECTION, Intercepted
 from ferro_proxy.intercept.tunnel import TunnelEnd, open_upstream, splice
 from ferro_proxy.jsonlog import log_fields
+from ferro_proxy.netpolicy import OWN_LISTENERS, IPAddress, Listener, resolve_host
 
 if TYPE_CHECKING:
     from ferro_proxy.config import InterceptConfig
@@ -76,6 +85,7 @@ class Interceptor:
         self.server = server
         self.ca = ca
         self._table: tuple[Any, HostTable] | None = None
+        self._policy: tuple[Any, PassthroughPolicy] | None = None
         self.tunnels: set[TunnelEnd] = set()
         self.pending: set[asyncio.Task[None]] = set()
         metrics = gateway.metrics
@@ -103,6 +113,43 @@ class Interceptor:
         if cached is None or cached[0] is not config:
             cached = self._table = (config, HostTable(config))
         return cached[1]
+
+    @property
+    def policy(self) -> PassthroughPolicy:
+        config = self.config
+        cached = self._policy
+        if cached is None or cached[0] is not config:
+            cached = self._policy = (config, PassthroughPolicy(config))
+        return cached[1]
+
+    def own_listeners(self) -> list[Listener]:
+        own: list[Listener] = list(self.gateway.services.get(OWN_LISTENERS, []))
+        transparent = self.gateway.services.get("transparent_listener")
+        if transparent is not None:
+            own += [sock.getsockname()[:2] for sock in transparent.sockets]
+        return own
+
+    async def open_passthrough(
+        self, host: str, port: int, address: IPAddress | None = None
+    ) -> TunnelEnd | Refusal:
+        """The upstream end of a tunnel to `host:port`, or why there is none. `address`:
+        where the connection was going (transparent mode); else `host` is resolved, once.
+        Raises OSError / TimeoutError when the destination cannot be reached."""
+        policy = self.policy
+        refusal = policy.refuse_name(host, port)
+        if refusal is not None:
+            return refusal
+        own = self.own_listeners()
+        async with asyncio.timeout(self.config.connect_timeout):
+            addresses = [address] if address is not None else await resolve_host(host, port)
+            refusal = policy.refuse_addresses(host, port, addresses, own)
+            if refusal is not None:
+                return refusal
+            upstream = await open_upstream(addresses, port)
+        if connected_to_self(upstream, own):
+            upstream.close_both()
+            return own_listener_refusal(host, port)
+        return upstream
 
     def count_request(self, mark: Intercepted, status: int) -> None:
         self.requests.labels("intercept", mark.target.host, str(status)).inc()
@@ -138,27 +185,17 @@ class Interceptor:
             target = self.table.match(host) if port == 443 else None
             if target is not None:
                 await self.intercept(transport, Intercepted(target, gateway_key), rest)
-            elif self.config.passthrough == "allow":
-                await self._tunnel(transport, host, port, rest)
             else:
-                self._refuse(
-                    transport,
-                    GatewayError(
-                        403,
-                        f"CONNECT to {host}:{port} refused: only provider hosts are allowed through "
-                        "this proxy (intercept.passthrough: deny)",
-                        code="passthrough_denied",
-                        type="permission_error",
-                    ),
-                    "denied",
-                )
+                await self._tunnel(transport, host, port, rest)
         except Exception:  # never let one connection take the listener down
             log.exception("CONNECT handling failed", extra={"fields": {"host": host, "port": port}})
             transport.abort()
 
-    def _refuse(self, transport: asyncio.Transport, err: GatewayError, action: str) -> None:
+    def _refuse(self, transport: asyncio.Transport, err: GatewayError, action: str, **fields: Any) -> None:
         self.connections.labels(action).inc()
-        log_fields(log, logging.INFO, "CONNECT refused", action=action, status=err.status, code=err.code)
+        log_fields(
+            log, logging.INFO, "CONNECT refused", action=action, status=err.status, code=err.code, **fields
+        )
         if not transport.is_closing():
             transport.write(error_bytes(err))
             transport.close()
@@ -221,7 +258,7 @@ class Interceptor:
 
     async def _tunnel(self, transport: asyncio.Transport, host: str, port: int, rest: bytes) -> None:
         try:
-            upstream = await open_upstream(host.strip("[]"), port, self.config.connect_timeout)
+            upstream = await self.open_passthrough(host, port)
         except (OSError, TimeoutError) as exc:
             self._refuse(
                 transport,
@@ -232,7 +269,13 @@ class Interceptor:
                     type="api_error",
                 ),
                 "tunnel_failed",
+                host=host,
+                port=port,
             )
+            return
+        if isinstance(upstream, Refusal):
+            err = GatewayError(403, upstream.message, code=upstream.code, type="permission_error")
+            self._refuse(transport, err, upstream.action, host=host, port=port)
             return
         if transport.is_closing():
             upstream.close_both()

@@ -4,20 +4,24 @@
 The original destination comes from SO_ORIGINAL_DST; the host name from the SNI of the
 TLS ClientHello, read with MSG_PEEK so the bytes stay in the socket for the TLS layer (or
 the tunnel). A provider host on 443 is intercepted; anything else is tunnelled to the
-original destination when passthrough allows it, else closed. A connection that was not
-redirected has no original destination: it can only be intercepted by its SNI.
+original destination when the passthrough policy allows it (by default only a public
+address; `passthrough_hosts` is matched against the SNI name, or the address without one),
+else closed. A connection that was not redirected has no original destination: it can only
+be intercepted by its SNI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import struct
 from typing import TYPE_CHECKING
 
+from ferro_proxy.intercept.passthrough import Refusal
 from ferro_proxy.intercept.requests import Intercepted
-from ferro_proxy.intercept.tunnel import open_upstream, splice
+from ferro_proxy.intercept.tunnel import splice
 from ferro_proxy.jsonlog import log_fields
 
 if TYPE_CHECKING:
@@ -162,18 +166,29 @@ class TransparentFront(asyncio.Protocol):
             if target is not None:
                 await interceptor.intercept(transport, Intercepted(target, via="transparent"), b"")
                 return
-            if destination is None or interceptor.config.passthrough != "allow":
+            if destination is None:
                 interceptor.connections.labels("denied").inc()
                 log_fields(log, logging.INFO, "transparent connection refused", host=host, port=port)
                 transport.abort()
                 return
+            address = ipaddress.ip_address(destination[0])
             try:
-                upstream = await open_upstream(
-                    destination[0], destination[1], interceptor.config.connect_timeout
-                )
+                upstream = await interceptor.open_passthrough(host or destination[0], port, address)
             except (OSError, TimeoutError) as exc:
                 interceptor.connections.labels("tunnel_failed").inc()
                 log_fields(log, logging.INFO, "cannot reach", host=host, port=port, error=type(exc).__name__)
+                transport.abort()
+                return
+            if isinstance(upstream, Refusal):
+                interceptor.connections.labels(upstream.action).inc()
+                log_fields(
+                    log,
+                    logging.INFO,
+                    "transparent connection refused",
+                    host=host,
+                    port=port,
+                    action=upstream.action,
+                )
                 transport.abort()
                 return
             interceptor.track_tunnel(splice(transport, upstream))

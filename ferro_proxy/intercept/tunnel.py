@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+from ferro_proxy.netpolicy import IPAddress
+
 
 class TunnelEnd(asyncio.Protocol):
     """One side of a tunnel; `peer` is the other side."""
@@ -71,13 +73,20 @@ class TunnelEnd(asyncio.Protocol):
                 end.data_received(data)
 
 
-async def open_upstream(host: str, port: int, timeout: float) -> TunnelEnd:
-    """Connect to `host:port`; raises OSError / TimeoutError when it cannot be reached."""
+async def open_upstream(addresses: list[IPAddress], port: int) -> TunnelEnd:
+    """Connect to the first of `addresses` that answers. Numeric addresses only: the
+    caller checked them, so the name is never looked up again. Raises OSError."""
     loop = asyncio.get_running_loop()
-    end = TunnelEnd()
-    async with asyncio.timeout(timeout):
-        await loop.create_connection(lambda: end, host, port)
-    return end
+    error: OSError = OSError("no address to connect to")
+    for ip in addresses:
+        end = TunnelEnd()
+        try:
+            await loop.create_connection(lambda end=end: end, str(ip), port)  # type: ignore[misc]
+        except OSError as exc:
+            error = exc
+            continue
+        return end
+    raise error
 
 
 def splice(client: asyncio.Transport, upstream: TunnelEnd, first_bytes: bytes = b"") -> TunnelEnd:
