@@ -19,6 +19,7 @@ from ferro_proxy.cors import CORS_HEADERS
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply
 from ferro_proxy.jsonlog import log_fields
+from ferro_proxy.metric_labels import model_label, provider_label
 
 if TYPE_CHECKING:
     from ferro_proxy.gateway import Gateway
@@ -208,20 +209,21 @@ async def _finish(
                     await result
             except Exception:
                 log.exception("finalizer failed", extra={"fields": {"request_id": ex.request_id}})
-    provider = ex.provider or "none"
     model = ex.resolved_model or ex.model or "none"
+    provider = provider_label(gateway, ex.provider)
+    model_l = model_label(gateway, provider, model)
     metrics = gateway.metrics
     duration = ex.elapsed()
     child = metrics.child
-    child(metrics.requests, ex.endpoint, provider, model, str(status)).inc()
+    child(metrics.requests, ex.endpoint, provider, model_l, str(status)).inc()
     child(metrics.request_duration, ex.endpoint, provider).observe(duration)
     usage = ex.usage
     if usage.prompt_tokens:
-        child(metrics.tokens, provider, model, "input").inc(usage.prompt_tokens)
+        child(metrics.tokens, provider, model_l, "input").inc(usage.prompt_tokens)
     if usage.completion_tokens:
-        child(metrics.tokens, provider, model, "output").inc(usage.completion_tokens)
+        child(metrics.tokens, provider, model_l, "output").inc(usage.completion_tokens)
     if ex.ttft_seconds is not None and ex.stream:
-        child(metrics.ttft, provider, model).observe(ex.ttft_seconds)
+        child(metrics.ttft, provider, model_l).observe(ex.ttft_seconds)
     fields = {
         "request_id": ex.request_id,
         "method": ex.method,
