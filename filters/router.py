@@ -393,7 +393,7 @@ class Router(Filter):
             return reply
         except GatewayError as err:
             attempt.status, attempt.error = err.status, err.code or err.message
-            self.gateway.metrics.child(self.attempts_metric, route.key, err.code or "error").inc()
+            self.gateway.metrics.child(self.attempts_metric, route.key, attempt_outcome(err)).inc()
             if counts_against_target(err):
                 permit.failure()
                 if err.code == "gateway_timeout":  # a slow target should rank as slow
@@ -511,3 +511,26 @@ async def _first_chunk(stream: AsyncIterator[StreamChunk]) -> StreamChunk:
         return await stream.__anext__()
     except StopAsyncIteration:
         return StreamChunk(b"", "end")
+
+
+# The gateway's own error codes; an upstream's free-form `code` would make an unbounded label.
+_OWN_OUTCOMES = frozenset(
+    {
+        "gateway_timeout",
+        "upstream_unreachable",
+        "upstream_error",
+        "upstream_auth_error",
+        "upstream_bad_response",
+        "upstream_stream_error",
+        "rate_limit_exceeded",
+        "provider_saturated",
+        "unsupported_endpoint",
+        "image_fetch_failed",
+        "not_found",
+    }
+)
+
+
+def attempt_outcome(err: GatewayError) -> str:
+    """The `outcome` label of an attempt that failed: our code, else the HTTP status."""
+    return err.code if err.code in _OWN_OUTCOMES else f"http_{err.status}"

@@ -128,3 +128,29 @@ async def test_a_lone_provider_serving_any_name_still_counts_them_as_other(gatew
         assert "other" in models, family
     tokens = {dict(labels)["model"] for labels in fams["ferro_tokens"]}
     assert "gpt-4o-mini" in tokens
+
+
+async def test_an_upstreams_error_codes_do_not_become_labels(gateway_factory) -> None:
+    from aiohttp import web
+
+    async def refuse(request: web.Request) -> web.Response:
+        code = uuid.uuid4().hex
+        return web.json_response({"error": {"message": "no", "type": "invalid_request_error", "code": code}}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    try:
+        gw = await gateway_factory(env={"OPENAI_API_KEY": "sk-test-labels-upstream", "OPENAI_BASE_URL": base})
+        async with aiohttp.ClientSession() as session:
+            for _ in range(50):
+                assert await chat(session, gw, "gpt-4o-mini") == 400
+            text = await metrics_text(session, gw)
+    finally:
+        await runner.cleanup()
+    outcomes = {dict(labels).get("outcome") for labels in series(text)["ferro_router_attempts"]}
+    assert outcomes == {"http_400"}
