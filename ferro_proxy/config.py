@@ -142,10 +142,13 @@ class ProviderSettings(Base):
     access_key_id: str | None = None
     secret_access_key: str | None = None
     session_token: str | None = None
+    account_id: str | None = None  # Cloudflare Workers AI
 
 
 class AuthConfig(Base):
     required: bool = False
+    # Key store down: keys it said were active within this long keep working (0: none do).
+    stale_grace: Duration = 300.0
 
 
 class InterceptConfig(Base):
@@ -410,6 +413,8 @@ def semantic_errors(cfg: GatewayConfig) -> list[str]:
             errors.append(f"targets[{i}].max_queue: must be >= 0")
     if cfg.strategy.latency_window < 1:
         errors.append("strategy.latency_window: must be >= 1")
+    if cfg.auth.stale_grace < 0:
+        errors.append("auth.stale_grace: must be >= 0")
     if cfg.strategy.expected_output_tokens < 0:
         errors.append("strategy.expected_output_tokens: must be >= 0")
     keys = {t.virtual_key for t in cfg.targets} | {t.label for t in cfg.targets if t.label}

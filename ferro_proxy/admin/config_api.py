@@ -3,11 +3,14 @@
 POST replaces the whole config (201, a new version); PUT merges a JSON merge patch
 (RFC 7386) into the current document; DELETE resets to the defaults (`{}`: every provider
 enabled by the environment, routed by model name). Values sent back as `[REDACTED]`
-keep the current secret at that place.
+keep the current secret at that place. Documents sent here are literal (`${VAR}` is refused
+unless the config file allows the name: see `literal_config`); rolling back to a version
+that came from the operator's file applies it as that file did.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -22,10 +25,14 @@ from ferro_proxy.admin.http import (
     principal,
     read_document,
 )
+from ferro_proxy.admin.literal_config import API_SOURCE
 from ferro_proxy.admin.redact import redact, restore_redacted
 from ferro_proxy.config import ConfigError
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.stores.records import ConfigVersion
+
+_VERSION_ID = re.compile(r"[0-9]{1,19}")
+MAX_VERSION_ID = 2**63 - 1  # the SQL stores' integer range
 
 
 def _manager(request: web.Request) -> ConfigManager:
@@ -45,7 +52,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 async def _apply(
-    request: web.Request, document: Any, action: str, rolled_back_from: int | None = None
+    request: web.Request,
+    document: Any,
+    action: str,
+    rolled_back_from: int | None = None,
+    source: str = API_SOURCE,
 ) -> ConfigVersion | None:
     manager = _manager(request)
     if not isinstance(document, dict):
@@ -56,7 +67,7 @@ async def _apply(
         raise bad_request(str(exc), code="invalid_config") from None
     try:
         version = await manager.apply_document(
-            document, actor=principal(request).actor, source="admin-api", rolled_back_from=rolled_back_from
+            document, actor=principal(request).actor, source=source, rolled_back_from=rolled_back_from
         )
     except ConfigError as exc:
         raise GatewayError(400, "invalid config: " + "; ".join(exc.errors), code="invalid_config") from None
@@ -124,10 +135,17 @@ async def rollback_config(request: web.Request) -> web.Response:
     if store is None:
         raise GatewayError(501, "the config store is not enabled", code="not_implemented")
     raw = request.match_info["version"]
-    if not raw.isdigit():
-        raise bad_request("version: must be a positive integer", param="version")
+    if not _VERSION_ID.fullmatch(raw) or not 1 <= int(raw) <= MAX_VERSION_ID:
+        raise bad_request(f"version: must be an integer from 1 to {MAX_VERSION_ID}", param="version")
     target = await store.get(int(raw))
     if target is None:
         raise not_found(f"config version {raw}")
-    version = await _apply(request, target.document, "config.rollback", rolled_back_from=target.version)
+    # A version from the API stays literal; one from the operator's file expands as the file did.
+    version = await _apply(
+        request,
+        target.document,
+        "config.rollback",
+        rolled_back_from=target.version,
+        source=target.source,
+    )
     return json_response(_version_json(version, _manager(request)))

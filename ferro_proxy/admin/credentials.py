@@ -3,16 +3,21 @@
 Validations are cached for `API_KEY_CACHE_SECONDS` (default 2 s, at most 10) so the hot
 path rarely touches the store, while a key revoked on one sidecar fails on every sidecar
 sharing the store within that window. Hashes are compared with `hmac.compare_digest`.
+While the store is down, `key_grace.StaleGrace` decides (keys validated within
+`auth.stale_grace` keep working, others get 503 `auth_unavailable`); whether any proxy key
+exists is then the store's last answer (first asked when the gateway starts).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ferro_proxy.admin.key_grace import LOOKUP_TIMEOUT, StaleGrace, auth_unavailable
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.stores.records import KeyRecord, hash_token
 
@@ -53,6 +58,8 @@ class KeyValidator:
         self.ttl = min(10.0, max(0.0, float(env.get("API_KEY_CACHE_SECONDS") or 2.0)))
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
         self._proxy_keys: tuple[float, bool] = (0.0, False)
+        self._proxy_keys_known: bool | None = None  # the store's last answer, kept through outages
+        self.outage = StaleGrace(gateway)
         self._bootstrap: list[tuple[str, frozenset[str], str]] = []
         if (env.get("ADMIN_BOOTSTRAP_ENABLED") or "").strip().lower() in _TRUE:
             for var, scope, name in (
@@ -74,6 +81,7 @@ class KeyValidator:
         """Drop cached validations (after a local change to the keys)."""
         self._cache.clear()
         self._proxy_keys = (0.0, False)
+        self.outage.forget()
 
     def _bootstrap_match(self, digest: str) -> Principal | None:
         found = None
@@ -93,7 +101,18 @@ class KeyValidator:
         if cached is not None and cached[0] > now:
             return cached[1]
         store = self.store
-        record = await store.get_by_hash(digest) if store is not None else None
+        if store is None:
+            return None
+        if not self.outage.should_probe():
+            return self.outage.fallback(digest)
+        try:
+            record = await asyncio.wait_for(store.get_by_hash(digest), LOOKUP_TIMEOUT)
+        except Exception as exc:
+            self.outage.failed(exc)
+            return self.outage.fallback(digest)
+        self.outage.answered(digest, record)
+        if record is not None and "proxy" in record.scopes and record.status() == "active":
+            self._proxy_keys_known = True  # one such key is enough to know /v1 needs keys
         if self.ttl > 0:
             if len(self._cache) >= _MAX_CACHE:
                 self._cache.clear()
@@ -125,9 +144,23 @@ class KeyValidator:
         if expires > now:
             return value
         store = self.store
-        value = bool(store is not None and await store.has_active_scope("proxy", time.time()))
-        self._proxy_keys = (now + self.ttl, value)
-        return value
+        if store is None:
+            return False
+        if self.outage.should_probe():
+            try:
+                value = bool(
+                    await asyncio.wait_for(store.has_active_scope("proxy", time.time()), LOOKUP_TIMEOUT)
+                )
+            except Exception as exc:
+                self.outage.failed(exc)
+            else:
+                self.outage.store_ok()
+                self._proxy_keys = (now + self.ttl, value)
+                self._proxy_keys_known = value
+                return value
+        if self._proxy_keys_known is None:
+            raise auth_unavailable()
+        return self._proxy_keys_known
 
 
 def validator_for(gateway: Gateway) -> KeyValidator:

@@ -4,6 +4,7 @@ and OpenAI-shaped errors for everything under /admin (including 404 and 405)."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from aiohttp import web
 from ferro_proxy.admin.credentials import Principal, validator_for
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.gateway import Gateway
+from ferro_proxy.stores.records import MAX_TIME
 
 log = logging.getLogger("ferro_proxy.admin")
 
@@ -123,37 +125,61 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+MAX_QUERY_INT = 1_000_000_000  # above the rows any store holds; keeps SQL integers in range
+
+
 def int_param(request: web.Request, name: str, default: int, low: int = 0, high: int | None = None) -> int:
+    """An integer query parameter: 400 naming it unless it is in [low, MAX_QUERY_INT]; clamped to `high`."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"invalid {name}: must be an integer", param=name) from None
+    text = raw.strip()
+    if not re.fullmatch(r"[+-]?[0-9]{1,100}", text):
+        raise bad_request(f"invalid {name}: must be an integer", param=name)
+    value = int(text)
     if value < low:
         raise bad_request(f"invalid {name}: must be >= {low}", param=name)
-    return min(value, high) if high is not None else value
+    if high is not None:
+        return min(value, high)
+    if value > MAX_QUERY_INT:
+        raise bad_request(f"invalid {name}: must be <= {MAX_QUERY_INT}", param=name)
+    return value
 
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_RELATIVE = re.compile(r"^([0-9]{1,12}(?:\.[0-9]{1,9})?)(s|m|h|d)$")
+_NUMBER = re.compile(r"[+-]?[0-9]{1,15}(?:\.[0-9]{1,9})?")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _time_in_range(value: float, name: str) -> float:
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
+        raise bad_request(f"invalid {name}: must be a time from 1970 on", param=name)
+    if value > MAX_TIME:
+        raise bad_request(
+            f"invalid {name}: beyond year 9999 (give epoch seconds, not milliseconds, or RFC 3339)",
+            param=name,
+        )
+    return float(value)
+
+
 def parse_time(value: Any, name: str) -> float | None:
-    """RFC 3339, epoch seconds, or a relative age like `15m`, `24h` (meaning that long ago)."""
+    """RFC 3339, epoch seconds, or a relative age like `15m`, `24h` (meaning that long ago).
+
+    Anything else, and any time before 1970 or after year 9999, is a 400 naming `name`."""
     if value is None or value == "":
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
+        return _time_in_range(value, name)
+    if isinstance(value, datetime) and value.tzinfo is not None:  # a YAML body's timestamp
+        return _time_in_range(value.timestamp(), name)
+    if not isinstance(value, str):
+        raise bad_request(f"invalid {name}: expected a time (RFC 3339 or epoch seconds)", param=name)
+    text = value.strip()
     m = _RELATIVE.match(text)
     if m:
-        return time.time() - float(m.group(1)) * _UNIT[m.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
+        return _time_in_range(time.time() - float(m.group(1)) * _UNIT[m.group(2)], name)
+    if _NUMBER.fullmatch(text):
+        return _time_in_range(float(text), name)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -163,7 +189,10 @@ def parse_time(value: Any, name: str) -> float | None:
         ) from None
     if parsed.tzinfo is None:
         raise bad_request(f"invalid {name}: the time needs a timezone (e.g. Z)", param=name)
-    return parsed.timestamp()
+    try:
+        return _time_in_range(parsed.timestamp(), name)
+    except (OverflowError, ValueError):  # a date near year 1 or 9999 shifted out by its offset
+        raise bad_request(f"invalid {name}: must be a time from 1970 to year 9999", param=name) from None
 
 
 def not_found(what: str) -> GatewayError:

@@ -7,25 +7,15 @@ The last active admin key cannot be revoked, deleted or lose its admin scope.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from aiohttp import web
 
+from ferro_proxy.admin import key_input
 from ferro_proxy.admin.credentials import validator_for
-from ferro_proxy.admin.http import (
-    GATEWAY,
-    audit,
-    int_param,
-    json_response,
-    not_found,
-    parse_time,
-    read_object,
-)
+from ferro_proxy.admin.http import GATEWAY, audit, int_param, json_response, not_found, read_object
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.stores.base import KeyStore
-from ferro_proxy.stores.records import KEY_PREFIX, SCOPES, KeyRecord, hash_token, mint_key, new_token
-
-_POLICY_FIELDS = ("allowed_models", "rpm_limit", "tpm_limit", "budget_usd")
+from ferro_proxy.stores.records import KEY_PREFIX, KeyRecord, hash_token, mint_key, new_token
 
 
 def key_store(request: web.Request) -> KeyStore:
@@ -33,45 +23,6 @@ def key_store(request: web.Request) -> KeyStore:
     if store is None:
         raise GatewayError(501, "the key store is not enabled", code="not_implemented")
     return store
-
-
-def _scopes(value: Any) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
-        raise bad_request(f"scopes: expected a non-empty list of {', '.join(SCOPES)}", param="scopes")
-    unknown = [s for s in value if s not in SCOPES]
-    if unknown:
-        raise bad_request(f"scopes: unknown {unknown} (expected {', '.join(SCOPES)})", param="scopes")
-    return list(dict.fromkeys(value))
-
-
-def _policy(body: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if "allowed_models" in body:
-        models = body["allowed_models"] or []
-        if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
-            raise bad_request(
-                "allowed_models: expected a list of model names or patterns", param="allowed_models"
-            )
-        out["allowed_models"] = models
-    for name, kind in (("rpm_limit", int), ("tpm_limit", int), ("budget_usd", float)):
-        if name in body:
-            value = body[name]
-            ok = value is None or (
-                isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-            )
-            if not ok or (kind is int and value is not None and not isinstance(value, int)):
-                raise bad_request(f"{name}: expected a non-negative {kind.__name__} or null", param=name)
-            out[name] = value
-    return out
-
-
-def _expiry(body: dict[str, Any]) -> float | None:
-    if "expires_in" in body and body["expires_in"] is not None:
-        seconds = body["expires_in"]
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
-            raise bad_request("expires_in: expected seconds > 0", param="expires_in")
-        return time.time() + float(seconds)
-    return parse_time(body.get("expires_at"), "expires_at")
 
 
 async def _get_or_404(request: web.Request) -> KeyRecord:
@@ -99,15 +50,14 @@ def _changed(request: web.Request) -> None:
 
 async def create_key(request: web.Request) -> web.Response:
     body = await read_object(request)
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise bad_request("name: required", param="name")
-    scopes = _scopes(body.get("scopes", ["proxy"]))
-    record, token = mint_key(name.strip(), scopes, expires_at=_expiry(body), **_policy(body))
+    name = key_input.key_name(body.get("name"))
+    scopes = key_input.scopes(body.get("scopes", ["proxy"]))
+    record, token = mint_key(name, scopes, expires_at=key_input.expiry(body), **key_input.policy(body))
+    shown = record.public()  # fails here, before the store, if a field could not be shown
     await key_store(request).create(record)
     _changed(request)
     await audit(request, "key.create", record.id, {"name": record.name, "scopes": scopes})
-    return json_response({**record.public(), "key": token}, status=201)
+    return json_response({**shown, "key": token}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -123,27 +73,25 @@ async def update_key(request: web.Request) -> web.Response:
     store = key_store(request)
     record = await _get_or_404(request)
     body = await read_object(request)
-    allowed = {"name", "scopes", "expires_at", "expires_in", *_POLICY_FIELDS}
-    unknown = sorted(set(body) - allowed)
+    allowed = {"name", "scopes", "expires_at", "expires_in", *key_input.POLICY_FIELDS}
+    unknown = sorted(str(k)[:40] for k in set(body) - allowed)[:10]
     if unknown:
         raise bad_request(f"unknown fields {unknown} (expected {', '.join(sorted(allowed))})")
-    if "name" in body:
-        if not isinstance(body["name"], str) or not body["name"].strip():
-            raise bad_request("name: must be a non-empty string", param="name")
-        record.name = body["name"].strip()
-    if "scopes" in body:
-        scopes = _scopes(body["scopes"])
-        if "admin" not in scopes:
-            await _guard_last_admin(store, record, "remove the admin scope from")
-        record.scopes = scopes
-    if "expires_at" in body or "expires_in" in body:
-        record.expires_at = _expiry(body)
-    for name, value in _policy(body).items():
-        setattr(record, name, value)
+    # Every field is checked before the record changes or anything is stored.
+    name = key_input.key_name(body["name"]) if "name" in body else record.name
+    scopes = key_input.scopes(body["scopes"]) if "scopes" in body else record.scopes
+    expires_at = key_input.expiry(body) if "expires_at" in body or "expires_in" in body else record.expires_at
+    policy = key_input.policy(body)
+    if "admin" not in scopes:
+        await _guard_last_admin(store, record, "remove the admin scope from")
+    record.name, record.scopes, record.expires_at = name, scopes, expires_at
+    for field, value in policy.items():
+        setattr(record, field, value)
+    shown = record.public()
     await store.update(record)
     _changed(request)
     await audit(request, "key.update", record.id, {"fields": sorted(body)})
-    return json_response(record.public())
+    return json_response(shown)
 
 
 async def delete_key(request: web.Request) -> web.Response:

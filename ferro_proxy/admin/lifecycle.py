@@ -24,7 +24,11 @@ log = logging.getLogger("ferro_proxy.state")
 
 async def open_state(gateway: Gateway) -> None:
     await open_stores(gateway)
-    validator_for(gateway)  # warns now if bootstrap keys are enabled
+    validator = validator_for(gateway)  # warns now if bootstrap keys are enabled
+    try:  # known from the start, so keyless /v1 calls have an answer if the store goes down
+        await validator.proxy_keys_exist()
+    except Exception as exc:
+        log.warning("could not tell whether proxy keys exist yet (%s)", type(exc).__name__)
 
 
 async def state_started(gateway: Gateway, config: GatewayConfig, source: str | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ferro_proxy.admin.http import GATEWAY, audit, int_param, json_response, parse_time
+from ferro_proxy.admin.http import GATEWAY, MAX_TIME, audit, int_param, json_response, parse_time
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.stores.base import LogQuery, LogStore
 from ferro_proxy.stores.log_stats import compute_stats
@@ -79,8 +79,8 @@ async def logs_stats(request: web.Request) -> web.Response:
             seconds = float(bucket)
         except ValueError:
             raise bad_request("invalid bucket: seconds per point", param="bucket") from None
-        if seconds <= 0:
-            raise bad_request("invalid bucket: must be > 0", param="bucket")
+        if not 0 < seconds <= MAX_TIME:  # also refuses nan and inf
+            raise bad_request("invalid bucket: must be > 0 seconds, up to the time range", param="bucket")
     stats = await compute_stats(log_store(request), query, seconds)
     return json_response({**stats, "filters": _filters(query)})
 

@@ -91,9 +91,9 @@ class LogQuery:
             return 400, 999
         if s in ("ok", "success"):
             return 0, 399
-        if len(s) == 3 and s[0].isdigit() and s[1:] == "xx":
+        if len(s) == 3 and s[0] in "0123456789" and s[1:] == "xx":
             return int(s[0]) * 100, int(s[0]) * 100 + 99
-        if s.isdigit():
+        if s.isascii() and s.isdigit() and len(s) <= 3:
             return int(s), int(s)
         raise ValueError(f"invalid status filter {self.status!r}: use a code, 4xx, 5xx, error or ok")
 

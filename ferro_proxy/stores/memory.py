@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import time
 from collections import deque
 from typing import Any
 
 from ferro_proxy.stores.base import AuditStore, ConfigStore, KeyStore, LogQuery, LogStore, document_digest
-from ferro_proxy.stores.records import AuditEntry, ConfigVersion, KeyRecord
+from ferro_proxy.stores.records import (
+    AuditEntry,
+    ConfigVersion,
+    KeyRecord,
+    UndecodableRecord,
+    check_key,
+    row_ref,
+)
+
+log = logging.getLogger("ferro_proxy.stores")
+
+
+def _usable(record: KeyRecord) -> KeyRecord | None:
+    """A copy of `record`, or None (with a warning) if one of its fields cannot be used."""
+    try:
+        return check_key(dataclasses.replace(record))
+    except UndecodableRecord as exc:
+        log.warning("skipping a stored key that cannot be decoded (id %s): %s", row_ref(record.id), exc)
+        return None
 
 
 class MemoryKeyStore(KeyStore):
@@ -22,16 +41,17 @@ class MemoryKeyStore(KeyStore):
 
     async def get(self, key_id: str) -> KeyRecord | None:
         found = self._by_id.get(key_id)
-        return dataclasses.replace(found) if found else None
+        return _usable(found) if found else None
 
     async def get_by_hash(self, key_hash: str) -> KeyRecord | None:
         for record in self._by_id.values():
             if record.key_hash == key_hash:
-                return dataclasses.replace(record)
+                return _usable(record)
         return None
 
     async def list(self) -> list[KeyRecord]:
-        return sorted((dataclasses.replace(r) for r in self._by_id.values()), key=lambda r: r.created_at)
+        usable = [c for c in (_usable(r) for r in self._by_id.values()) if c is not None]
+        return sorted(usable, key=lambda r: r.created_at)
 
     async def update(self, record: KeyRecord) -> None:
         if record.id in self._by_id:

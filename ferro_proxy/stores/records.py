@@ -7,14 +7,35 @@ them as RFC 3339 strings (`iso()`).
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 KEY_PREFIX = "sk-ferro-"
 SCOPES = ("admin", "read_only", "proxy")
+# Stored times are epoch seconds from 1970 to the end of year 9999 (what RFC 3339 can write).
+MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+MAX_INT = 2**63 - 1  # the SQL stores' integers
+
+
+class UndecodableRecord(ValueError):
+    """A stored row that cannot be used; the message names the field, never its value."""
+
+
+def row_ref(value: Any) -> str:
+    """A row's id as it may appear in a log line: plain ids as they are, anything else hidden."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+        return value
+    return "<unreadable id>"
 
 
 def iso(ts: float | None) -> str | None:
@@ -115,6 +136,82 @@ def mint_key(
     return record, token
 
 
+def _time(value: Any, name: str, *, required: bool = False) -> float | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UndecodableRecord(f"{name}: not a number")
+    if (isinstance(value, float) and not math.isfinite(value)) or not 0 <= value <= MAX_TIME:
+        raise UndecodableRecord(f"{name}: not a time from 1970 to year 9999")
+    return float(value)
+
+
+def _int(value: Any, name: str, *, required: bool = False) -> int | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_INT <= value <= MAX_INT:
+        raise UndecodableRecord(f"{name}: not an integer")
+    return value
+
+
+def _number(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UndecodableRecord(f"{name}: not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UndecodableRecord(f"{name}: not a finite number")
+    return value
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise UndecodableRecord(f"{name}: not text")
+    return value
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if isinstance(value, str | bytes):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise UndecodableRecord(f"{name}: not JSON") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UndecodableRecord(f"{name}: not a list of strings")
+    return list(value)
+
+
+def key_from_fields(row: Mapping[str, Any]) -> KeyRecord:
+    """A key record from stored fields (lists as JSON text or lists), each checked.
+
+    Raises UndecodableRecord naming the first bad field."""
+    return KeyRecord(
+        id=_text(row.get("id"), "id"),
+        name=_text(row.get("name"), "name"),
+        key_hash=_text(row.get("key_hash"), "key_hash"),
+        prefix=_text(row.get("prefix"), "prefix"),
+        scopes=_strings(row.get("scopes"), "scopes"),
+        created_at=_time(row.get("created_at"), "created_at", required=True) or 0.0,
+        expires_at=_time(row.get("expires_at"), "expires_at"),
+        revoked_at=_time(row.get("revoked_at"), "revoked_at"),
+        rotated_at=_time(row.get("rotated_at"), "rotated_at"),
+        last_used_at=_time(row.get("last_used_at"), "last_used_at"),
+        usage_count=_int(row.get("usage_count") or 0, "usage_count") or 0,
+        allowed_models=_strings(
+            row.get("allowed_models") if row.get("allowed_models") is not None else [], "allowed_models"
+        ),
+        rpm_limit=_int(row.get("rpm_limit"), "rpm_limit"),
+        tpm_limit=_int(row.get("tpm_limit"), "tpm_limit"),
+        budget_usd=_number(row.get("budget_usd"), "budget_usd"),
+    )
+
+
+def check_key(record: KeyRecord) -> KeyRecord:
+    """`record` if every field is usable, else UndecodableRecord naming the field."""
+    key_from_fields({name: getattr(record, name) for name in KeyRecord.__slots__})
+    return record
+
+
 @dataclass(slots=True)
 class ConfigVersion:
     version: int
@@ -156,6 +253,46 @@ class AuditEntry:
         }
 
 
+def version_from_fields(row: Mapping[str, Any]) -> ConfigVersion:
+    """A config version from stored fields (the document as JSON text), each checked."""
+    document = row.get("document")
+    if isinstance(document, str | bytes):
+        try:
+            document = orjson.loads(document)
+        except orjson.JSONDecodeError:
+            raise UndecodableRecord("document: not JSON") from None
+    if not isinstance(document, dict):
+        raise UndecodableRecord("document: not an object")
+    return ConfigVersion(
+        version=_int(row.get("version"), "version", required=True) or 0,
+        document=document,
+        actor=_text(row.get("actor"), "actor"),
+        source=_text(row.get("source"), "source"),
+        created_at=_time(row.get("created_at"), "created_at", required=True) or 0.0,
+        digest=_text(row.get("digest"), "digest"),
+        rolled_back_from=_int(row.get("rolled_back_from"), "rolled_back_from"),
+    )
+
+
+def audit_from_fields(row: Mapping[str, Any]) -> AuditEntry:
+    detail = row.get("detail")
+    if isinstance(detail, str | bytes):
+        try:
+            detail = orjson.loads(detail)
+        except orjson.JSONDecodeError:
+            raise UndecodableRecord("detail: not JSON") from None
+    if not isinstance(detail, dict):
+        raise UndecodableRecord("detail: not an object")
+    return AuditEntry(
+        id=_int(row.get("id"), "id", required=True) or 0,
+        ts=_time(row.get("ts"), "ts", required=True) or 0.0,
+        actor=_text(row.get("actor"), "actor"),
+        action=_text(row.get("action"), "action"),
+        target=_text(row.get("target"), "target"),
+        detail=detail,
+    )
+
+
 # The request-log row: a plain dict with these columns (kept as dicts: they are built on
 # the hot path and written in batches, a class per row buys nothing).
 LOG_COLUMNS = (
@@ -180,6 +317,21 @@ LOG_COLUMNS = (
     "request_body",
     "response_body",
 )
+
+
+_LOG_INTS = ("status", "prompt_tokens", "completion_tokens", "total_tokens")
+_LOG_NUMBERS = ("cost_usd", "latency_ms", "ttft_ms")
+
+
+def check_log_row(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` if its times and numbers are usable, else UndecodableRecord naming the column."""
+    _time(row.get("ts"), "ts", required=True)
+    _time(row.get("finished_at"), "finished_at")
+    for name in _LOG_INTS:
+        _int(row.get(name), name)
+    for name in _LOG_NUMBERS:
+        _number(row.get(name), name)
+    return row
 
 
 def public_log(row: dict[str, Any]) -> dict[str, Any]:

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
 from ferro_proxy.stores.base import AuditStore, ConfigStore, KeyStore, LogQuery, LogStore, document_digest
 from ferro_proxy.stores.database import Database
-from ferro_proxy.stores.records import LOG_COLUMNS, AuditEntry, ConfigVersion, KeyRecord
+from ferro_proxy.stores.records import (
+    LOG_COLUMNS,
+    AuditEntry,
+    ConfigVersion,
+    KeyRecord,
+    UndecodableRecord,
+    audit_from_fields,
+    check_log_row,
+    key_from_fields,
+    row_ref,
+    version_from_fields,
+)
+
+log = logging.getLogger("ferro_proxy.stores")
+T = TypeVar("T")
 
 # Each entry is one schema version: append new versions, never edit shipped ones.
 KEY_MIGRATIONS: list[list[str]] = [
@@ -53,24 +69,22 @@ _KEY_FIELDS = (
 )
 
 
-def _key_from_row(row: dict[str, Any]) -> KeyRecord:
-    return KeyRecord(
-        id=row["id"],
-        name=row["name"],
-        key_hash=row["key_hash"],
-        prefix=row["prefix"],
-        scopes=orjson.loads(row["scopes"]),
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-        rotated_at=row["rotated_at"],
-        last_used_at=row["last_used_at"],
-        usage_count=int(row["usage_count"] or 0),
-        allowed_models=orjson.loads(row["allowed_models"] or "[]"),
-        rpm_limit=row["rpm_limit"],
-        tpm_limit=row["tpm_limit"],
-        budget_usd=row["budget_usd"],
-    )
+def _decoded(kind: str, rows: list[dict[str, Any]], decode: Callable[[dict[str, Any]], T]) -> list[T]:
+    """The rows that decode; each one that does not is skipped with a warning naming its id and field."""
+    out = []
+    for row in rows:
+        try:
+            out.append(decode(row))
+        except UndecodableRecord as exc:
+            log.warning(
+                "skipping a stored %s that cannot be decoded (id %s): %s", kind, row_ref(row.get("id")), exc
+            )
+    return out
+
+
+def _one(kind: str, row: dict[str, Any] | None, decode: Callable[[dict[str, Any]], T]) -> T | None:
+    found = _decoded(kind, [row], decode) if row else []
+    return found[0] if found else None
 
 
 class SqlKeyStore(KeyStore):
@@ -104,15 +118,15 @@ class SqlKeyStore(KeyStore):
 
     async def get(self, key_id: str) -> KeyRecord | None:
         row = await self.db.fetchone(f"SELECT {_KEY_FIELDS} FROM ferro_keys WHERE id = ?", key_id)
-        return _key_from_row(row) if row else None
+        return _one("key", row, key_from_fields)
 
     async def get_by_hash(self, key_hash: str) -> KeyRecord | None:
         row = await self.db.fetchone(f"SELECT {_KEY_FIELDS} FROM ferro_keys WHERE key_hash = ?", key_hash)
-        return _key_from_row(row) if row else None
+        return _one("key", row, key_from_fields)
 
     async def list(self) -> list[KeyRecord]:
         rows = await self.db.fetchall(f"SELECT {_KEY_FIELDS} FROM ferro_keys ORDER BY created_at, id")
-        return [_key_from_row(r) for r in rows]
+        return _decoded("key", rows, key_from_fields)
 
     async def update(self, record: KeyRecord) -> None:
         await self.db.execute(
@@ -147,18 +161,6 @@ class SqlKeyStore(KeyStore):
         )
 
 
-def _version_from_row(row: dict[str, Any]) -> ConfigVersion:
-    return ConfigVersion(
-        version=int(row["version"]),
-        document=orjson.loads(row["document"]),
-        actor=row["actor"],
-        source=row["source"],
-        created_at=row["created_at"],
-        digest=row["digest"],
-        rolled_back_from=row["rolled_back_from"],
-    )
-
-
 _VERSION_FIELDS = "version, document, actor, source, created_at, digest, rolled_back_from"
 
 
@@ -191,13 +193,13 @@ class SqlConfigStore(ConfigStore):
         row = await self.db.fetchone(
             f"SELECT {_VERSION_FIELDS} FROM ferro_config_versions ORDER BY version DESC LIMIT 1"
         )
-        return _version_from_row(row) if row else None
+        return _one("config version", row, version_from_fields)
 
     async def get(self, version: int) -> ConfigVersion | None:
         row = await self.db.fetchone(
             f"SELECT {_VERSION_FIELDS} FROM ferro_config_versions WHERE version = ?", version
         )
-        return _version_from_row(row) if row else None
+        return _one("config version", row, version_from_fields)
 
     async def history(self, limit: int = 50, offset: int = 0) -> tuple[list[ConfigVersion], int]:
         rows = await self.db.fetchall(
@@ -206,7 +208,7 @@ class SqlConfigStore(ConfigStore):
             offset,
         )
         total = await self.db.fetchone("SELECT COUNT(*) AS n FROM ferro_config_versions")
-        return [_version_from_row(r) for r in rows], int(total["n"] if total else 0)
+        return _decoded("config version", rows, version_from_fields), int(total["n"] if total else 0)
 
 
 class SqlAuditStore(AuditStore):
@@ -235,11 +237,7 @@ class SqlAuditStore(AuditStore):
             offset,
         )
         total = await self.db.fetchone(f"SELECT COUNT(*) AS n FROM ferro_audit {where}", *args)
-        entries = [
-            AuditEntry(int(r["id"]), r["ts"], r["actor"], r["action"], r["target"], orjson.loads(r["detail"]))
-            for r in rows
-        ]
-        return entries, int(total["n"] if total else 0)
+        return _decoded("audit entry", rows, audit_from_fields), int(total["n"] if total else 0)
 
 
 _LOG_INSERT = (
@@ -263,6 +261,7 @@ def _log_values(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _log_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    check_log_row(row)
     hits = row.get("guardrail_hits")
     if isinstance(hits, str):
         try:
@@ -317,7 +316,7 @@ class SqlLogStore(LogStore):
             q.limit,
             q.offset,
         )
-        return [_log_from_row(r) for r in rows], await self._count(where, args)
+        return _decoded("request log", rows, _log_from_row), await self._count(where, args)
 
     async def delete(self, q: LogQuery) -> int:
         where, args = self._where(q)
@@ -328,4 +327,4 @@ class SqlLogStore(LogStore):
         rows = await self.db.fetchall(
             f"SELECT {_STATS_COLUMNS} FROM ferro_request_logs {where} ORDER BY ts DESC LIMIT ?", *args, cap
         )
-        return rows, await self._count(where, args)
+        return _decoded("request log", rows, check_log_row), await self._count(where, args)
