@@ -57,6 +57,41 @@ class _Expander:
         return expand_env(value, {n: self.env[n] for n in names if n in self.env})
 
 
+# What the gateway reads or reaches on its own (a catalog file or URL, outbound fetch and
+# interception policy, listener limits): an admin key must not turn these into a file read or
+# a way into the pod network.
+FILE_ONLY = ("model_catalog", "fetch", "intercept", "server")
+
+
+def file_only_changes(document: Any, running: Any) -> list[str]:
+    """Errors for API changes the operator's file must make, and for a provider's base URL
+    moved to a new host while its configured key stays: the key would follow it."""
+    if not isinstance(document, dict):
+        return []
+    before = running if isinstance(running, dict) else {}
+    errors = [
+        f"{key}: can only be changed in the config file"
+        for key in FILE_ONLY
+        if key in document and document[key] != before.get(key)
+    ]
+    providers = document.get("providers")
+    old_providers = before.get("providers") if isinstance(before.get("providers"), dict) else {}
+    if isinstance(providers, dict):
+        for name, settings in providers.items():
+            if not isinstance(settings, dict) or "base_url" not in settings:
+                continue
+            old = old_providers.get(name) if isinstance(old_providers.get(name), dict) else {}
+            if settings["base_url"] == old.get("base_url"):
+                continue
+            key = settings.get("api_key")
+            if not isinstance(key, str) or not key or "${" in key or key == old.get("api_key"):
+                errors.append(
+                    f"providers.{name}.base_url: a new base URL sent through the admin API needs a new "
+                    "literal api_key in the same change (the configured key never follows it)"
+                )
+    return errors
+
+
 def api_expander(
     running: Any, allowlist: typing.Iterable[str], env: typing.Mapping[str, str]
 ) -> typing.Callable[[Any], Any]:
@@ -71,6 +106,7 @@ def api_expander(
                 isinstance(sent, list) and all(isinstance(n, str) for n in sent) and set(sent) == allowed
             ):
                 errors.append("admin_env_allowlist: can only be changed in the config file")
+        errors.extend(file_only_changes(document, running))
         expander = _Expander(allowed, env)
         out = expander.walk(document, running, "")
         errors.extend(expander.errors)
