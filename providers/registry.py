@@ -53,12 +53,23 @@ def build_providers(config: GatewayConfig, env: Mapping[str, str], gateway: Gate
         if settings_cfg is not None and not settings_cfg.enabled:
             continue
         if settings_cfg is None and not spec.enabled_by_env(env):
+            _warn_incomplete(spec, env)
             continue
         settings = resolve_settings(spec, settings_cfg, env)
         provider = spec.factory(settings, gateway)
         provider.spec = spec
         built[name] = provider
     return built
+
+
+def _warn_incomplete(spec: ProviderSpec, env: Mapping[str, str]) -> None:
+    """A provider whose key is set but which cannot form its URL is left off, loudly."""
+    keys = [v for v in (spec.env_key, *spec.env_enables) if v and env.get(v)]
+    missing = [v for v in spec.env_required if not env.get(v)]
+    if keys and missing:
+        log.warning(
+            "provider %s not enabled: %s is set but %s is not", spec.name, keys[0], ", ".join(missing)
+        )
 
 
 def unknown_provider_names(config: GatewayConfig) -> list[str]:
