@@ -20,6 +20,7 @@ import msgspec
 import yaml
 
 from ferro_proxy.netpolicy import parse_host_port
+from ferro_proxy.redaction import redact_text
 
 # Seconds; in the document also strings like "500ms", "30s", "2m".
 DURATION = msgspec.Meta(description="duration in seconds")
@@ -30,10 +31,10 @@ class ConfigError(Exception):
     """A config that cannot be used; `errors` lists every problem with its path."""
 
     def __init__(self, errors: list[str], source: str | None = None) -> None:
-        self.errors = errors
+        self.errors = [redact_text(e) for e in errors]  # messages quote values: never a secret one
         self.source = source
         where = f"{source}: " if source else ""
-        super().__init__(where + "; ".join(errors))
+        super().__init__(where + "; ".join(self.errors))
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):

@@ -152,8 +152,13 @@ class RateLimit(Filter):
         except Exception as exc:
             self._backend_errors.inc()
             if not self.config.fail_open:
+                self._warn(exc, "refusing requests until it is back (fail_open: false)")
                 raise GatewayError(
-                    503, "rate limits cannot be checked right now", code="rate_limit_unavailable"
+                    503,
+                    "rate limits cannot be checked right now; try again shortly",
+                    code="rate_limit_unavailable",
+                    type="api_error",
+                    retry_after=5,
                 ) from None
             self._warn(exc, "letting requests through unlimited (fail_open)")
             return await next(ex)

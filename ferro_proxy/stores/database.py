@@ -13,12 +13,15 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+from ferro_proxy.stores.status import StoreStatus, StoreUnavailable, is_outage
 
 log = logging.getLogger("ferro_proxy.stores")
 
+T = TypeVar("T")
 _MIGRATION_LOCK_ID = 0x6665_7272_6F  # "ferro": one advisory lock for every ferro migration
 _TYPES = {
     "sqlite": {"real": "REAL", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER"},
@@ -29,6 +32,17 @@ _MIGRATIONS_TABLE = (
     " component TEXT NOT NULL, version INTEGER NOT NULL, applied_at {real} NOT NULL,"
     " PRIMARY KEY (component, version))"
 )
+
+
+class _PoolFloorRetries(logging.Filter):
+    """asyncpg logs a traceback each time it fails to refill its pool while Postgres is away;
+    the store's status already reports the outage, throttled and without the driver's text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+_POOL_FLOOR_RETRIES = _PoolFloorRetries()
 
 
 def redact_dsn(dsn: str) -> str:
@@ -47,18 +61,42 @@ def redact_dsn(dsn: str) -> str:
 
 
 class Database:
+    """Statements go through `execute`/`executemany`/`fetchall`, which keep `status` current
+    and turn a store outage into `StoreUnavailable` (503); other errors pass unchanged."""
+
     dialect: str = ""
+    status: StoreStatus
 
     def sql(self, text: str) -> str:
         return text.format(**_TYPES[self.dialect])
 
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        try:
+            result = await call
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self.status.failed(exc)
+            raise StoreUnavailable() from None
+        self.status.ok()
+        return result
+
     async def execute(self, sql: str, *args: Any) -> int:
-        raise NotImplementedError
+        return await self._guarded(self._execute(sql, *args))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        raise NotImplementedError
+        await self._guarded(self._executemany(sql, rows))
 
     async def fetchall(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return await self._guarded(self._fetchall(sql, *args))
+
+    async def _execute(self, sql: str, *args: Any) -> int:
+        raise NotImplementedError
+
+    async def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    async def _fetchall(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     async def fetchone(self, sql: str, *args: Any) -> dict[str, Any] | None:
@@ -78,6 +116,7 @@ class SqliteDatabase(Database):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.status = StoreStatus("sqlite store")
         self._conn: Any = None
         self._lock = asyncio.Lock()  # one statement or transaction at a time on the connection
 
@@ -112,14 +151,14 @@ class SqliteDatabase(Database):
                     raise
                 await asyncio.sleep(0.02)
 
-    async def execute(self, sql: str, *args: Any) -> int:
+    async def _execute(self, sql: str, *args: Any) -> int:
         async with self._lock:
             cursor = await self._conn.execute(self.sql(sql), args)
             count = cursor.rowcount
             await cursor.close()
             return count
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         async with self._lock:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -129,7 +168,7 @@ class SqliteDatabase(Database):
                 raise
             await self._conn.execute("COMMIT")
 
-    async def fetchall(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+    async def _fetchall(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         async with self._lock:
             cursor = await self._conn.execute(self.sql(sql), args)
             rows = await cursor.fetchall()
@@ -176,6 +215,7 @@ class PostgresDatabase(Database):
 
     def __init__(self, dsn: str, min_size: int = 1, max_size: int = 10) -> None:
         self.dsn = dsn
+        self.status = StoreStatus("postgres store")
         self._pool: Any = None
         self._min, self._max = min_size, max_size
         self._cache: dict[str, str] = {}
@@ -183,8 +223,11 @@ class PostgresDatabase(Database):
     async def open(self) -> PostgresDatabase:
         import asyncpg
 
+        logging.getLogger("asyncpg.pool").addFilter(_POOL_FLOOR_RETRIES)  # once: filters are a set
+
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=self._min, max_size=self._max, command_timeout=30
+            # A connect that hangs (a network that drops packets) fails in 10 s, not asyncpg's 60.
+            self.dsn, min_size=self._min, max_size=self._max, command_timeout=30, timeout=10
         )
         return self
 
@@ -196,15 +239,15 @@ class PostgresDatabase(Database):
             self._cache[text] = cached
         return cached
 
-    async def execute(self, sql: str, *args: Any) -> int:
+    async def _execute(self, sql: str, *args: Any) -> int:
         status = await self._pool.execute(self.sql(sql), *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._pool.executemany(self.sql(sql), rows)
 
-    async def fetchall(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+    async def _fetchall(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in await self._pool.fetch(self.sql(sql), *args)]
 
     async def migrate(self, component: str, steps: Sequence[Sequence[str]]) -> None:

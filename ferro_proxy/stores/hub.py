@@ -20,6 +20,7 @@ from ferro_proxy.stores.base import AuditStore, ConfigStore, KeyStore, LogStore
 from ferro_proxy.stores.database import Database, open_database, redact_dsn
 from ferro_proxy.stores.memory import MemoryAuditStore, MemoryConfigStore, MemoryKeyStore, MemoryLogStore
 from ferro_proxy.stores.sql import SqlAuditStore, SqlConfigStore, SqlKeyStore, SqlLogStore
+from ferro_proxy.stores.status import StoreStatus, StoreUnavailable, register
 
 log = logging.getLogger("ferro_proxy.stores")
 
@@ -64,6 +65,10 @@ class KeyUsageBuffer:
             return
         try:
             await self.store.add_usage(pending)
+        except StoreUnavailable:  # the store's own status logs the outage: keep the counts
+            for key_id, (count, last) in pending.items():
+                now_count, now_last = self._pending.get(key_id, (0, 0.0))
+                self._pending[key_id] = (count + now_count, max(last, now_last))
         except Exception as exc:
             log.warning("could not record key usage: %s", type(exc).__name__)
 
@@ -114,6 +119,7 @@ class StoreHub:
             self.audit = SqlAuditStore(db)
         self.logs = await self.log_store(*self.choices["logs"])
         self.key_usage = KeyUsageBuffer(self.keys)
+        self.name_statuses()
         for area, (backend, dsn) in self.choices.items():
             where = f" at {redact_dsn(dsn)}" if dsn else ""
             log.info("%s store: %s%s", area, backend, where)
@@ -135,6 +141,23 @@ class StoreHub:
     def health(self) -> dict[str, Any]:
         return {area: backend for area, (backend, _) in self.choices.items()}
 
+    def status_of(self, area: str) -> StoreStatus | None:
+        """The up/down status of the database behind `area`, None for a memory store."""
+        db = self._databases.get(self.choices.get(area, ("memory", "")))
+        return db.status if db is not None else None
+
+    def name_statuses(self) -> None:
+        """Name each database's status by the areas it serves, for its log lines."""
+        served: dict[int, list[str]] = {}
+        for area, choice in self.choices.items():
+            db = self._databases.get(choice)
+            if db is not None:
+                served.setdefault(id(db), []).append(area)
+        for db in self._databases.values():
+            areas = served.get(id(db))
+            if areas:
+                db.status.name = f"{db.dialect} store ({', '.join(areas)})"
+
     async def close(self) -> None:
         if self.key_usage is not None:
             await self.key_usage.close()
@@ -153,4 +176,6 @@ async def open_stores(gateway: Any) -> StoreHub:
         hub = await StoreHub(gateway.env).open()
         gateway.services["stores"] = hub
         gateway.services.update(keys=hub.keys, configs=hub.configs, audit=hub.audit, logs=hub.logs)
+        for area, (backend, _) in hub.choices.items():
+            register(gateway, area, backend, hub.status_of(area))
     return hub
