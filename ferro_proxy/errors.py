@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ferro_proxy.jsonlog import scrub
+from ferro_proxy.redaction import redact_text
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -45,10 +45,13 @@ class GatewayError(Exception):
         provider: str | None = None,
         upstream_status: int | None = None,
     ) -> None:
+        # Masked once, here: upstream messages echo credentials ("Incorrect API key provided:
+        # …"), and the message goes on to client bodies, stream events, logs and request rows.
+        message = redact_text(message)
         super().__init__(message)
         self.status = status
         self.message = message
-        self.code = code
+        self.code = redact_text(code) if isinstance(code, str) else code  # may be the upstream's own
         self.type = type or _TYPE_BY_STATUS.get(
             status, "api_error" if status >= 500 else "invalid_request_error"
         )
@@ -63,8 +66,9 @@ class GatewayError(Exception):
         self.upstream_status = upstream_status  # the status the upstream itself answered, if any
 
     def payload(self) -> dict[str, Any]:
-        # Upstream messages can echo credentials ("Incorrect API key provided: sk-…"): mask them.
-        err: dict[str, Any] = {"message": scrub(self.message), "type": self.type, "code": self.code}
+        # Again at rendering: secrets of the request being answered, registered after the error was made.
+        code = redact_text(self.code) if isinstance(self.code, str) else self.code
+        err: dict[str, Any] = {"message": redact_text(self.message), "type": self.type, "code": code}
         if self.param is not None:
             err["param"] = self.param
         return {"error": err}

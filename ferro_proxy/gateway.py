@@ -17,9 +17,11 @@ from typing import Any
 
 import msgspec
 
+from ferro_proxy import redaction
 from ferro_proxy.chain import Chain, Filter, build_filters
 from ferro_proxy.config import ConfigError, GatewayConfig
 from ferro_proxy.metrics import Metrics
+from ferro_proxy.secret_sources import document_secrets, env_secrets
 from providers.base import Provider
 from providers.catalog import Catalog, load_catalog
 from providers.registry import build_providers, unknown_provider_names
@@ -74,6 +76,8 @@ class Gateway:
         self.draining = False
         self.in_flight = 0
         self._apply_lock = asyncio.Lock()
+        # Provider keys, admin keys, DSN passwords ... from the environment: never in any output.
+        redaction.register_many(env_secrets(self.env))
 
     # -------------------------------------------------------------- views
 
@@ -106,7 +110,11 @@ class Gateway:
         and `serve` refuse the same configs with the same messages."""
         problems = unknown_provider_names(config)
         self._catalog_for(config)
+        _register_config_secrets(config)  # first: a build error may quote one
         providers = {} if problems else build_providers(config, self.env, self)
+        for provider in providers.values():
+            settings = provider.settings
+            redaction.register_many([settings.api_key, *settings.headers.values()])
         before = self.runtime
         self.runtime = _PendingRuntime(config, providers)  # filters read gateway.config while built
         try:
@@ -212,6 +220,13 @@ class Gateway:
                 result = closer()
                 if asyncio.iscoroutine(result):
                     await result
+
+
+def _register_config_secrets(config: GatewayConfig) -> None:
+    """Every credential a config holds (keys, header values of providers and MCP servers, URL
+    passwords and tokens, DSNs, key material) joins the redaction registry; kept after a
+    reload, as a replaced key is still a secret."""
+    redaction.register_many(document_secrets(msgspec.to_builtins(config)))
 
 
 def _plugin_identity(plugin: Any) -> bytes:

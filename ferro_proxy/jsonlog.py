@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import time
@@ -11,14 +10,10 @@ from typing import Any, TextIO
 
 import orjson
 
-_SECRETISH = re.compile(
-    r"(?i)(bearer\s+)[A-Za-z0-9._\-~+/=]{6,}|\b(sk-[A-Za-z0-9_\-]{6,}|sk-ant-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{20,}|AKIA[0-9A-Z]{16})"
-)
+from ferro_proxy.redaction import redact_obj, redact_text
 
-
-def scrub(text: str) -> str:
-    """Mask anything that looks like a credential."""
-    return _SECRETISH.sub(lambda m: (m.group(1) or "") + "[REDACTED]", text)
+# The one redaction point (ferro_proxy/redaction.py), under the name older callers use.
+scrub = redact_text
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,13 +23,13 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": scrub(record.getMessage()),
+            "msg": redact_text(record.getMessage()),
         }
         fields = getattr(record, "fields", None)
         if fields:
-            out.update(fields)
+            out.update({k: redact_obj(v) for k, v in fields.items()})
         if record.exc_info and record.exc_info[0] is not None:
-            out["error"] = scrub(f"{record.exc_info[0].__name__}: {record.exc_info[1]}")
+            out["error"] = redact_text(f"{record.exc_info[0].__name__}: {record.exc_info[1]}")
         return orjson.dumps(out, default=str).decode()
 
 

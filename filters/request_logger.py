@@ -23,11 +23,14 @@ from ferro_proxy.chain import Filter, Next, register_filter
 from ferro_proxy.config import Base, Duration
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk
-from ferro_proxy.jsonlog import log_fields, scrub
+from ferro_proxy.jsonlog import log_fields
+from ferro_proxy.redaction import redact_obj, redact_text
 
 log = logging.getLogger("ferro_proxy.request_log")
 # The line has its own timestamp; bodies stay in the store.
 _NOT_IN_LINE = frozenset({"ts", "finished_at", "request_body", "response_body"})
+# Textual row fields besides `error` and the bodies (which are masked as they are built).
+_TEXT_FIELDS = ("key_id", "endpoint", "provider", "model", "guardrail_hits")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -45,7 +48,9 @@ class RequestLoggerConfig(Base):
 
 def _body_text(data: Any, limit: int) -> str:
     text = data if isinstance(data, str) else orjson.dumps(data, default=str).decode()
-    text = scrub(text)
+    # Cut with a margin first (masking a whole large body is wasted work), mask, then cut:
+    # a secret cut in half at the limit would no longer be recognised.
+    text = redact_text(text[: limit + 512])
     return text if len(text) <= limit else text[:limit] + "…[truncated]"
 
 
@@ -215,7 +220,10 @@ class RequestLogger(Filter):
             "cost_usd": ex.cost_usd,
             "latency_ms": round(elapsed * 1000, 3),
             "ttft_ms": round(ex.ttft_seconds * 1000, 3) if ex.ttft_seconds is not None else None,
-            "error": f"{error.code or error.type}: {error.message}"[:500] if error is not None else None,
+            # masked before it is cut: a key cut in half would no longer be found
+            "error": redact_text(f"{error.code or error.type}: {error.message}")[:500]
+            if error is not None
+            else None,
             "cache_hit": _cache_hit(ex, reply),
             "guardrail_hits": list(hits) if isinstance(hits, list | tuple | set) else hits,
             "request_body": None,
@@ -232,6 +240,9 @@ class RequestLogger(Filter):
                     row["response_body"] = _body_text(reply.peek_json(), limit)
                 except orjson.JSONDecodeError:
                     row["response_body"] = None
+        for name in _TEXT_FIELDS:  # the rest of what a read_only key reads through /admin/logs
+            if row[name] is not None:
+                row[name] = redact_obj(row[name])
         return row
 
 

@@ -88,7 +88,7 @@ class ConfigManager:
                     await self.gateway.apply(config, actor=actor)
                 except ConfigError as exc:  # a filter's own checks, on the expanded document
                     expanded = self.expander(source)(document)
-                    raise ConfigError(unexpanded_errors(exc.errors, document, expanded), source) from None
+                    raise ConfigError(unexpanded_errors(exc.unredacted, document, expanded), source) from None
             except ConfigError:
                 metrics.config_reloads.labels("error").inc()
                 raise

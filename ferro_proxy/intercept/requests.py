@@ -24,6 +24,7 @@ from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply
 from ferro_proxy.gateway import CHAIN_HOOKS
 from ferro_proxy.intercept.hosts import HostTarget
+from ferro_proxy.redaction import add_request_secret
 from ferro_proxy.respond import error_response, request_id_of
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class InterceptMark(Filter):
             ex.metadata["pinned_provider"] = target.provider
         if mark.gateway_key and "gateway_key_token" not in ex.metadata:
             ex.metadata["gateway_key_token"] = mark.gateway_key
+            add_request_secret(mark.gateway_key)
         if self.gateway.config.intercept.replace_credentials:
             ex.client_api_key = None  # the app's own key never leaves the gateway
         return await next(ex)

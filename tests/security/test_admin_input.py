@@ -375,7 +375,9 @@ async def test_an_undecodable_stored_row_is_skipped_with_a_warning(
         ({"providers": {"openai": {"base_url": "http://127.0.0.1:9/v1"}}}, "providers.openai.base_url"),
     ],
 )
-async def test_what_only_the_file_may_change_is_refused_from_the_api(gateway_factory, fake_openai, document, field):
+async def test_what_only_the_file_may_change_is_refused_from_the_api(
+    gateway_factory, fake_openai, document, field
+):
     running = await gateway_factory(env=env_with_secrets(fake_openai.base_url))
     admin = Admin(running.admin_url, BOOT)
     before = await admin.ok("GET", "/admin/config")
@@ -388,6 +390,8 @@ async def test_what_only_the_file_may_change_is_refused_from_the_api(gateway_fac
 async def test_a_new_base_url_with_its_own_key_is_accepted(gateway_factory, fake_openai):
     running = await gateway_factory(env=env_with_secrets(fake_openai.base_url))
     admin = Admin(running.admin_url, BOOT)
-    document = {"providers": {"openai": {"base_url": fake_openai.base_url, "api_key": "sk-new-literal-key-0001"}}}
+    document = {
+        "providers": {"openai": {"base_url": fake_openai.base_url, "api_key": "sk-new-literal-key-0001"}}
+    }
     status, body = await admin.call("POST", "/admin/config", document)
     assert status in (200, 201), body

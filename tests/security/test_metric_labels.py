@@ -135,7 +135,9 @@ async def test_an_upstreams_error_codes_do_not_become_labels(gateway_factory) ->
 
     async def refuse(request: web.Request) -> web.Response:
         code = uuid.uuid4().hex
-        return web.json_response({"error": {"message": "no", "type": "invalid_request_error", "code": code}}, status=400)
+        return web.json_response(
+            {"error": {"message": "no", "type": "invalid_request_error", "code": code}}, status=400
+        )
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", refuse)

@@ -45,7 +45,9 @@ async def detector() -> AsyncIterator[tuple[str, list[str]]]:
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages"])
 async def test_hostile_model_names_never_reach_an_upstream(gateway_factory, detector, route) -> None:
     base_url, seen = detector
-    running = await gateway_factory(env={"GEMINI_API_KEY": "AIza-test-model-names-0000", "GEMINI_BASE_URL": base_url})
+    running = await gateway_factory(
+        env={"GEMINI_API_KEY": "AIza-test-model-names-0000", "GEMINI_BASE_URL": base_url}
+    )
     async with aiohttp.ClientSession() as session:
         for model in HOSTILE:
             body = {"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -58,7 +60,9 @@ async def test_hostile_model_names_never_reach_an_upstream(gateway_factory, dete
 
 async def test_ordinary_model_names_still_reach_the_base_path(gateway_factory, detector) -> None:
     base_url, seen = detector
-    running = await gateway_factory(env={"GEMINI_API_KEY": "AIza-test-model-names-0000", "GEMINI_BASE_URL": base_url})
+    running = await gateway_factory(
+        env={"GEMINI_API_KEY": "AIza-test-model-names-0000", "GEMINI_BASE_URL": base_url}
+    )
     async with aiohttp.ClientSession() as session:
         body = {"model": "gemini-2.0-flash", "messages": [{"role": "user", "content": "hi"}]}
         async with session.post(running.proxy_url + "/v1/chat/completions", json=body) as resp:
