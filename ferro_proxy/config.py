@@ -32,6 +32,7 @@ class ConfigError(Exception):
 
     def __init__(self, errors: list[str], source: str | None = None) -> None:
         self.errors = [redact_text(e) for e in errors]  # messages quote values: never a secret one
+        self.unredacted = list(errors)  # only to re-word (unexpanded_errors); never shown
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(where + "; ".join(self.errors))
@@ -57,8 +58,10 @@ class CircuitBreakerConfig(Base):
 
 class TimeoutConfig(Base):
     connect: Duration | None = None
-    first_byte: Duration | None = None
-    total: Duration | None = None
+    first_byte: Duration | None = None  # a stream: to its first content chunk
+    total: Duration | None = None  # non-streamed requests only
+    idle: Duration | None = None  # a stream: the longest gap between two chunks
+    stream_total: Duration | None = None  # a stream: its whole length (a cap of the gateway's own)
 
 
 class TargetConfig(Base):
@@ -206,6 +209,10 @@ class GatewayConfig(Base):
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     max_request_bytes: int = 10 * 1024 * 1024
     request_timeout: Duration = 600.0
+    # A stream's headers wait this long for its first chunk (a quick failure keeps its status and
+    # fails over); then they go out and `sse_keepalive` comments follow until the first chunk.
+    stream_header_hold: Duration = 3.0
+    sse_keepalive: Duration = 10.0  # 0: none
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     intercept: InterceptConfig = msgspec.field(default_factory=InterceptConfig)
     fetch: FetchConfig = msgspec.field(default_factory=FetchConfig)
@@ -416,6 +423,9 @@ def semantic_errors(cfg: GatewayConfig) -> list[str]:
         errors.append("strategy.latency_window: must be >= 1")
     if cfg.auth.stale_grace < 0:
         errors.append("auth.stale_grace: must be >= 0")
+    for field in ("stream_header_hold", "sse_keepalive"):
+        if getattr(cfg, field) < 0:
+            errors.append(f"{field}: must be >= 0")
     if cfg.strategy.expected_output_tokens < 0:
         errors.append("strategy.expected_output_tokens: must be >= 0")
     keys = {t.virtual_key for t in cfg.targets} | {t.label for t in cfg.targets if t.label}
@@ -483,7 +493,7 @@ def config_from_data(
         if problems:
             raise ConfigError(problems, source)
     except ConfigError as exc:
-        raise ConfigError(unexpanded_errors(exc.errors, data, expanded), source) from None
+        raise ConfigError(unexpanded_errors(exc.unredacted, data, expanded), source) from None
     return cfg
 
 

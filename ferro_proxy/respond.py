@@ -19,7 +19,9 @@ from ferro_proxy.cors import CORS_HEADERS
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply
 from ferro_proxy.jsonlog import log_fields
+from ferro_proxy.keepalive import keepalive_line, with_keepalives
 from ferro_proxy.metric_labels import model_label, provider_label
+from ferro_proxy.redaction import redact_known, redact_text, request_secrets
 
 if TYPE_CHECKING:
     from ferro_proxy.gateway import Gateway
@@ -62,7 +64,20 @@ async def serve(
 ) -> web.StreamResponse:
     """Run `ex` through the chain and write the answer. Never raises to aiohttp.
 
-    `transform(ex, reply)`, if given, reshapes the reply in place before it is written."""
+    `transform(ex, reply)`, if given, reshapes the reply in place before it is written.
+    While it runs, the client's own provider key and its gateway key are masked in every
+    text the gateway writes (answers, errors, logs, request-log rows)."""
+    with request_secrets(ex.client_api_key, ex.metadata.get("gateway_key_token")):
+        return await _serve(gateway, request, ex, render, transform)
+
+
+async def _serve(
+    gateway: Gateway,
+    request: web.Request,
+    ex: Exchange,
+    render: ErrorRenderer,
+    transform: ReplyTransform | None,
+) -> web.StreamResponse:
     runtime = gateway.runtime
     assert runtime is not None
     runtime.enter()
@@ -95,12 +110,14 @@ async def serve(
             return response
         assert reply is not None
         status = reply.status
-        headers = {**reply.headers, **ex.response_headers, "X-Request-ID": ex.request_id}
+        # Upstream headers (pass-through) may echo the credentials they were sent.
+        upstream_headers = {k: redact_text(v) for k, v in reply.headers.items()}
+        headers = {**upstream_headers, **ex.response_headers, "X-Request-ID": ex.request_id}
         if reply.stream is None:
             headers["x-ferro-overhead-ms"] = _overhead_ms(ex)
             headers.update(request.get(CORS_HEADERS) or {})
             response = web.Response(
-                status=reply.status, body=reply.body_bytes(), content_type=None, headers=headers
+                status=reply.status, body=redact_known(reply.body_bytes()), content_type=None, headers=headers
             )
             response.headers["Content-Type"] = reply.content_type
             # Written here, not by aiohttp after we return, so finalizers run once the
@@ -112,7 +129,7 @@ async def serve(
                 error = GatewayError(499, "client went away", code="client_closed", retryable=False)
                 status = 499
             return response
-        response, error = await _stream(request, ex, reply, headers, render)
+        response, error = await _stream(request, ex, reply, headers, render, runtime.config.sse_keepalive)
         if error is not None:
             status = error.status if error.status != 499 else 499
         return response
@@ -124,7 +141,12 @@ async def serve(
 
 
 async def _stream(
-    request: web.Request, ex: Exchange, reply: Reply, headers: dict[str, str], render: ErrorRenderer
+    request: web.Request,
+    ex: Exchange,
+    reply: Reply,
+    headers: dict[str, str],
+    render: ErrorRenderer,
+    keepalive_every: float = 0.0,
 ) -> tuple[web.StreamResponse, GatewayError | None]:
     assert reply.stream is not None
     headers["x-ferro-overhead-ms"] = _overhead_ms(ex)
@@ -138,8 +160,9 @@ async def _stream(
     error: GatewayError | None = None
     try:
         await _prepare_coalesced(request, response)
-        async for chunk in stream:
-            await response.write(chunk.raw)
+        async for chunk in with_keepalives(stream, response.write, keepalive_line(ex, reply), keepalive_every):
+            # By value only: a key the gateway holds in model output was echoed by the upstream.
+            await response.write(redact_known(chunk.raw))
     except GatewayError as err:
         error = err
         _, event = render(err)

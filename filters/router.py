@@ -14,8 +14,10 @@ own is skipped rather than handed the client's key.
 
 Then `strategy.mode` orders the targets (filters/routing/strategies.py) and each one is
 tried with its own retries, circuit breaker, concurrency limit and timeouts, within the
-request's deadline. A stream is tried up to its first chunk, so it can still move to
-another target before the client has seen a byte; after that it is never retried.
+request's deadline. A stream is tried up to its first content chunk, so it can still move
+to another target before the client has seen any content; after that it is never retried.
+Streams are timed by `first_byte` and `idle` rather than `total`, and their headers are held
+only `stream_header_hold` (filters/routing/stream_timing.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ from filters.routing.limits import Saturated, saturated_error
 from filters.routing.retry import NO_RETRY, is_transport_failure, should_retry, wait_before_retry
 from filters.routing.state import bind_targets, target_keys
 from filters.routing.strategies import POOL_MODES, STRATEGIES, Candidate, Context, Route
+from filters.routing.stream_timing import (
+    CAP_CODE,
+    IDLE_CODE,
+    NO_TIMERS,
+    StreamTimers,
+    cap_error,
+    first_byte_error,
+    hold_headers,
+    idle_error,
+    stream_timers,
+)
 
 log = logging.getLogger("ferro_proxy.router")
 
@@ -73,6 +86,9 @@ class Router(Filter):
             self.by_provider.setdefault(r.target.virtual_key, []).append(r)
         self.missing = [t.virtual_key for t in targets if t.virtual_key not in self.providers]
         self.timeouts = {r.key: _timeout_of(r.target) for r in self.routes}
+        self.stream_timers = {
+            r.key: stream_timers(self.timeouts[r.key], r.provider.settings.timeouts) for r in self.routes
+        }
         self.mode = cfg.strategy.mode
         self.order = STRATEGIES[self.mode]
         self.pool = self.mode in POOL_MODES
@@ -225,6 +241,15 @@ class Router(Filter):
         if deadline is None:
             deadline = ex.metadata["deadline"] = time.monotonic() + self.cfg.request_timeout
         pool = self.pool or pinned is not None
+        route = self._route(ex, candidates, deadline, pool)
+        if ex.stream and ex.endpoint in ("chat", "completions"):
+            return await hold_headers(route, self.cfg.stream_header_hold)
+        return await route
+
+    async def _route(
+        self, ex: Exchange, candidates: list[Candidate], deadline: float, pool: bool
+    ) -> Reply:
+        """Each candidate in turn (with its retries) until one answers."""
         tried: list[str] = []
         last: GatewayError | None = None
         try:
@@ -349,10 +374,15 @@ class Router(Filter):
         ex.attempts.append(attempt)
         before = ex.usage.copy()
         timeout = self.timeouts[route.key]
-        target_total = timeout.total if timeout is not None else None
+        timers = self.stream_timers[route.key] if ex.stream else NO_TIMERS
+        if ex.stream:  # `total` is for whole answers; a stream has its first chunk to wait for
+            limit, limit_name = _first_limit(timers)
+        else:
+            limit, limit_name = (timeout.total if timeout is not None else None), "total"
         remaining = deadline - time.monotonic()
-        bound = min(remaining, target_total) if target_total else remaining
+        bound = min(remaining, limit) if limit else remaining
         handed_over = False
+        begun = time.monotonic()
         started = time.perf_counter()
         try:
             first: StreamChunk | None = None
@@ -370,8 +400,13 @@ class Router(Filter):
                     permit.neutral()
                     attempt.status, attempt.error = 504, "deadline"
                     raise DeadlineExceeded() from None
+                assert limit is not None
+                if limit_name == "first_byte":
+                    raise first_byte_error(route.key, limit) from None
+                if limit_name == "stream_total":
+                    raise cap_error(route.key, f"timeout.stream_total {limit:g}s passed") from None
                 raise GatewayError(
-                    504, f"{route.key} did not answer within {target_total:g}s", code="gateway_timeout"
+                    504, f"{route.key} did not answer within {limit:g}s", code="gateway_timeout"
                 ) from None
             elapsed = time.perf_counter() - started
             attempt.status = reply.status
@@ -388,7 +423,8 @@ class Router(Filter):
                 route.state.latency.record(elapsed)  # time to first token
                 if ex.ttft_seconds is None:
                     ex.ttft_seconds = ex.elapsed()
-            reply.stream = self._guarded(ex, c, permit, before, first, reply.stream)
+            cap = _Cap(deadline, self.cfg.request_timeout, begun, timers)
+            reply.stream = self._guarded(ex, c, permit, before, first, reply.stream, cap)
             handed_over = True
             return reply
         except GatewayError as err:
@@ -420,13 +456,31 @@ class Router(Filter):
         before: Usage,
         first: StreamChunk | None,
         rest: AsyncIterator[StreamChunk],
+        cap: _Cap,
     ) -> AsyncIterator[StreamChunk]:
         """The rest of a stream: once the client has bytes, failures end it (never retried)."""
         limiter = c.route.state.limiter
+        key = c.route.key
+        idle = cap.timers.idle
         try:
             if first is not None and first.kind != "end":
                 yield first
-            async for chunk in rest:
+            while True:
+                left = cap.at - time.monotonic()
+                wait = min(left, idle) if idle else left
+                try:
+                    async with asyncio.timeout(max(wait, 0.0)) as timer:
+                        chunk = await rest.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
+                    if time.monotonic() >= cap.at - 0.001:
+                        permit.success()  # it streamed until the gateway's own cap: healthy
+                        raise cap_error(key, cap.what()) from None
+                    assert idle is not None
+                    raise idle_error(key, idle) from None
                 yield chunk
             permit.success()
         except GatewayError as err:
@@ -490,9 +544,9 @@ class Router(Filter):
 
 
 def counts_against_target(err: GatewayError) -> bool:
-    """Failures that say the target is unhealthy. 429s, saturation, client errors and
-    disconnects do not."""
-    if err.code in ("provider_saturated", "client_closed") or err.status in (429, 499):
+    """Failures that say the target is unhealthy. 429s, saturation, client errors,
+    disconnects and the gateway's own cap on a stream's length do not."""
+    if err.code in ("provider_saturated", "client_closed", CAP_CODE) or err.status in (429, 499):
         return False
     if is_transport_failure(err):
         return True
@@ -506,17 +560,49 @@ def _timeout_of(target: TargetConfig) -> TimeoutConfig | None:
 
 
 async def _first_chunk(stream: AsyncIterator[StreamChunk]) -> StreamChunk:
-    """Pull the first chunk so failures before any byte is sent can still fail over."""
+    """Pull the first content chunk so failures before any content is sent can still fail
+    over. An upstream's own keepalive comments before it are dropped (the gateway sends its own)."""
     try:
-        return await stream.__anext__()
+        chunk = await stream.__anext__()
+        while chunk.kind == "comment":
+            chunk = await stream.__anext__()
+        return chunk
     except StopAsyncIteration:
         return StreamChunk(b"", "end")
+
+
+def _first_limit(timers: StreamTimers) -> tuple[float | None, str]:
+    """What bounds the wait for a stream's first chunk: `first_byte` or `stream_total`."""
+    first_byte, total = timers.first_byte, timers.total
+    if total and (not first_byte or total < first_byte):
+        return total, "stream_total"
+    return first_byte, "first_byte"
+
+
+class _Cap:
+    """When a stream must end at the latest: its `stream_total`, else the request's deadline."""
+
+    __slots__ = ("at", "timers", "_own", "_request_timeout")
+
+    def __init__(self, deadline: float, request_timeout: float, begun: float, timers: StreamTimers) -> None:
+        self.timers = timers
+        self._request_timeout = request_timeout
+        own = begun + timers.total if timers.total else None
+        self._own = own is not None and own < deadline
+        self.at = own if own is not None and own < deadline else deadline
+
+    def what(self) -> str:
+        if self._own:
+            return f"timeout.stream_total {self.timers.total:g}s passed"
+        return f"the request ran out of time (request_timeout {self._request_timeout:g}s)"
 
 
 # The gateway's own error codes; an upstream's free-form `code` would make an unbounded label.
 _OWN_OUTCOMES = frozenset(
     {
         "gateway_timeout",
+        IDLE_CODE,
+        CAP_CODE,
         "upstream_unreachable",
         "upstream_error",
         "upstream_auth_error",

@@ -135,12 +135,19 @@ class Provider:
     def client_timeout(self, ex: Exchange, override: TimeoutConfig | None = None) -> aiohttp.ClientTimeout:
         own = self.settings.timeouts
         total_cap = ex.metadata.get("deadline")
+        connect = (override and override.connect) or own.connect
+        if ex.stream:
+            # The router times streams (first_byte, idle, stream_total, the deadline); `total`
+            # and a per-read timeout would cut a healthy long stream. A backstop only.
+            left = (total_cap - time.monotonic()) if total_cap is not None else None
+            backstop = self.gateway.config.request_timeout if left is None else max(0.001, left)
+            return aiohttp.ClientTimeout(total=backstop + 5.0, connect=connect)
         total = (override and override.total) or own.total or self.gateway.config.request_timeout
         if total_cap is not None:
             total = max(0.001, min(total, total_cap - time.monotonic()))
         return aiohttp.ClientTimeout(
             total=total,
-            connect=(override and override.connect) or own.connect,
+            connect=connect,
             sock_read=(override and override.first_byte) or own.first_byte,
         )
 

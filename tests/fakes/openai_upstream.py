@@ -6,7 +6,9 @@ Shapes follow OpenAI's API reference: chat.completion / chat.completion.chunk ob
 
 Tests steer it through `fake.script`: a list of behaviours consumed one per request
 (`{"status": 500}`, `{"status": 429, "retry_after": 2}`, `{"stall": 5}`, `{"reset": True}`,
-`{"cut_after": 2}` for a stream that stops halfway); an empty script means "answer normally".
+`{"cut_after": 2}` for a stream that stops halfway, `{"chunk_delay": 0.5}` between stream
+frames, `{"ttft": 3}` between a stream's headers and its first frame); an empty script means
+"answer normally".
 Every request is recorded in `fake.requests`.
 """
 
@@ -253,6 +255,8 @@ class FakeOpenAI:
         cut_after = b.get("cut_after")
         delay = b.get("chunk_delay", 0)
         try:
+            if b.get("ttft"):  # headers at once, the first token later (a reasoning model)
+                await asyncio.sleep(b["ttft"])
             for i, frame in enumerate(frames):
                 if cut_after is not None and i >= cut_after:
                     assert request.transport is not None
