@@ -9,7 +9,7 @@ drops it again when the client did not ask for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -242,14 +242,14 @@ _ALL = frozenset({"chat", "stream", "tools", "vision", "completions", "embedding
 _CHAT = frozenset({"chat", "stream", "tools"})
 
 
-def _spec(
+def compatible_spec(
     name: str,
     display: str,
     base: str,
     prefixes: tuple[str, ...],
     caps: frozenset[str],
     hosts: tuple[str, ...],
-    factory: type[Provider] = OpenAICompatProvider,
+    factory: Callable[..., Provider] = OpenAICompatProvider,
     **kw: Any,
 ) -> ProviderSpec:
     env_name = name.upper().replace("-", "_")
@@ -269,7 +269,7 @@ def _spec(
     )
 
 
-_spec(
+compatible_spec(
     "openai",
     "OpenAI",
     "https://api.openai.com/v1",
@@ -289,7 +289,7 @@ _spec(
     _ALL,
     ("api.openai.com",),
 )
-_spec(
+compatible_spec(
     "deepseek",
     "DeepSeek",
     "https://api.deepseek.com/v1",
@@ -297,7 +297,7 @@ _spec(
     _CHAT | {"completions"},
     ("api.deepseek.com",),
 )
-_spec(
+compatible_spec(
     "fireworks",
     "Fireworks",
     "https://api.fireworks.ai/inference/v1",
@@ -305,8 +305,8 @@ _spec(
     _CHAT | {"vision", "completions", "embeddings", "images"},
     ("api.fireworks.ai",),
 )
-_spec("groq", "Groq", "https://api.groq.com/openai/v1", (), _CHAT | {"vision"}, ("api.groq.com",))
-_spec(
+compatible_spec("groq", "Groq", "https://api.groq.com/openai/v1", (), _CHAT | {"vision"}, ("api.groq.com",))
+compatible_spec(
     "mistral",
     "Mistral",
     "https://api.mistral.ai/v1",
@@ -314,7 +314,7 @@ _spec(
     _CHAT | {"vision", "embeddings"},
     ("api.mistral.ai",),
 )
-_spec(
+compatible_spec(
     "perplexity",
     "Perplexity",
     "https://api.perplexity.ai",
@@ -322,7 +322,7 @@ _spec(
     frozenset({"chat", "stream"}),
     ("api.perplexity.ai",),
 )
-_spec(
+compatible_spec(
     "together",
     "Together AI",
     "https://api.together.xyz/v1",
@@ -330,8 +330,8 @@ _spec(
     _CHAT | {"vision", "completions", "embeddings", "images"},
     ("api.together.xyz",),
 )
-_spec("xai", "xAI", "https://api.x.ai/v1", ("grok-",), _CHAT | {"vision", "images"}, ("api.x.ai",))
-_spec(
+compatible_spec("xai", "xAI", "https://api.x.ai/v1", ("grok-",), _CHAT | {"vision", "images"}, ("api.x.ai",))
+compatible_spec(
     "ollama",
     "Ollama",
     "http://localhost:11434",
@@ -344,7 +344,7 @@ _spec(
     version_segment="/v1",
     open_models=True,
 )
-_spec(
+compatible_spec(
     "azure-openai",
     "Azure OpenAI",
     "",

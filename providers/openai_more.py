@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ferro_proxy.config import ConfigError
-from providers.base import Provider, ProviderSpec, ResolvedSettings
-from providers.openai_compat import OpenAICompatProvider
-from providers.registry import register_provider
+from providers.base import Provider, ResolvedSettings
+from providers.openai_compat import OpenAICompatProvider, compatible_spec
 
 if TYPE_CHECKING:
     from ferro_proxy.gateway import Gateway
@@ -66,35 +65,9 @@ def _key_fallback(alias: str) -> Callable[[ResolvedSettings, Gateway], Provider]
     return build
 
 
-def _spec(
-    name: str,
-    display: str,
-    base: str,
-    prefixes: tuple[str, ...],
-    caps: frozenset[str],
-    hosts: tuple[str, ...],
-    **kw: Any,
-) -> ProviderSpec:
-    env_name = name.upper().replace("-", "_")
-    return register_provider(
-        ProviderSpec(
-            name=name,
-            display=display,
-            factory=kw.pop("factory", OpenAICompatProvider),
-            default_base_url=base,
-            env_key=kw.pop("env_key", f"{env_name}_API_KEY"),
-            env_base_url=kw.pop("env_base_url", f"{env_name}_BASE_URL"),
-            model_prefixes=prefixes,
-            capabilities=caps,
-            hosts=hosts,
-            **kw,
-        )
-    )
-
-
 # OpenRouter ids are `vendor/model`: address them as `openrouter/<vendor>/<model>`. Its
 # attribution headers (HTTP-Referer, X-Title) are sent only when set under `headers:`.
-_spec(
+compatible_spec(
     "openrouter",
     "OpenRouter",
     "https://openrouter.ai/api/v1",
@@ -102,8 +75,8 @@ _spec(
     _CHAT | {"vision", "completions"},
     ("openrouter.ai",),
 )
-_spec("cerebras", "Cerebras", "https://api.cerebras.ai/v1", (), _CHAT | {"completions"}, ("api.cerebras.ai",))
-_spec(
+compatible_spec("cerebras", "Cerebras", "https://api.cerebras.ai/v1", (), _CHAT | {"completions"}, ("api.cerebras.ai",))
+compatible_spec(
     "sambanova",
     "SambaNova",
     "https://api.sambanova.ai/v1",
@@ -111,7 +84,7 @@ _spec(
     _CHAT | {"vision", "embeddings"},
     ("api.sambanova.ai",),
 )
-_spec(
+compatible_spec(
     "deepinfra",
     "DeepInfra",
     "https://api.deepinfra.com/v1/openai",
@@ -119,8 +92,8 @@ _spec(
     _CHAT | {"vision", "completions", "embeddings"},
     (),
 )
-_spec("novita", "Novita AI", "https://api.novita.ai/v3/openai", (), _CHAT | {"completions"}, ())
-_spec(
+compatible_spec("novita", "Novita AI", "https://api.novita.ai/v3/openai", (), _CHAT | {"completions"}, ())
+compatible_spec(
     "moonshot",
     "Moonshot AI (Kimi)",
     "https://api.moonshot.ai/v1",
@@ -128,7 +101,7 @@ _spec(
     _CHAT | {"vision"},
     ("api.moonshot.ai",),
 )
-_spec(
+compatible_spec(
     "qwen",
     "Qwen (Alibaba Cloud Model Studio)",
     "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
@@ -149,7 +122,7 @@ _spec(
     factory=_key_fallback("DASHSCOPE_API_KEY"),
     env_enables=("DASHSCOPE_API_KEY",),
 )
-_spec(
+compatible_spec(
     "nvidia-nim",
     "NVIDIA NIM",
     "https://integrate.api.nvidia.com/v1",
@@ -159,7 +132,7 @@ _spec(
     factory=_key_fallback("NVIDIA_API_KEY"),
     env_enables=("NVIDIA_API_KEY",),
 )
-_spec(
+compatible_spec(
     "cloudflare",
     "Cloudflare Workers AI",
     "https://api.cloudflare.com/client/v4",
@@ -169,7 +142,7 @@ _spec(
     factory=CloudflareProvider,
     env_required=("CLOUDFLARE_ACCOUNT_ID",),
 )
-_spec(
+compatible_spec(
     "databricks",
     "Databricks Model Serving",
     "",
@@ -182,7 +155,7 @@ _spec(
     env_required=("DATABRICKS_HOST",),
     version_segment="/serving-endpoints",
 )
-_spec(
+compatible_spec(
     "ollama-cloud",
     "Ollama Cloud",
     "https://ollama.com/v1",
