@@ -74,7 +74,9 @@ class Gateway:
         self.on_apply: list[Callable[[GatewayConfig], Any]] = []
         self.config_source: str | None = None
         self.draining = False
+        self.shutting_down = False  # the drain deadline passed: what is left is being ended
         self.in_flight = 0
+        self.handler_tasks: set[asyncio.Task[Any]] = set()
         self._apply_lock = asyncio.Lock()
         # Provider keys, admin keys, DSN passwords ... from the environment: never in any output.
         redaction.register_many(env_secrets(self.env))

@@ -84,6 +84,9 @@ async def _serve(
     metrics = gateway.metrics
     metrics.in_flight.inc()
     gateway.in_flight += 1
+    task = asyncio.current_task()
+    if task is not None:
+        gateway.handler_tasks.add(task)
     error: GatewayError | None = None
     reply: Reply | None = None
     status = 500
@@ -96,8 +99,10 @@ async def _serve(
         except GatewayError as err:
             error = err
         except asyncio.CancelledError:
-            error = GatewayError(499, "client closed the request", code="client_closed", retryable=False)
-            raise
+            if not _ended_by_shutdown(gateway):
+                error = GatewayError(499, "client closed the request", code="client_closed", retryable=False)
+                raise
+            error = shutting_down_error()
         except Exception:
             log.exception(
                 "unexpected failure serving %s", ex.path, extra={"fields": {"request_id": ex.request_id}}
@@ -129,13 +134,16 @@ async def _serve(
                 error = GatewayError(499, "client went away", code="client_closed", retryable=False)
                 status = 499
             return response
-        response, error = await _stream(request, ex, reply, headers, render, runtime.config.sse_keepalive)
+        response, error = await _stream(
+            request, ex, reply, headers, render, runtime.config.sse_keepalive, lambda: _ended_by_shutdown(gateway)
+        )
         if error is not None:
             status = error.status if error.status != 499 else 499
         return response
     finally:
         metrics.in_flight.dec()
         gateway.in_flight -= 1
+        gateway.handler_tasks.discard(task)
         runtime.leave()
         await _finish(gateway, ex, reply, error, status)
 
@@ -147,6 +155,7 @@ async def _stream(
     headers: dict[str, str],
     render: ErrorRenderer,
     keepalive_every: float = 0.0,
+    ended_by_shutdown: Callable[[], bool] = lambda: False,
 ) -> tuple[web.StreamResponse, GatewayError | None]:
     assert reply.stream is not None
     headers["x-ferro-overhead-ms"] = _overhead_ms(ex)
@@ -170,12 +179,19 @@ async def _stream(
             await response.write(event)
         except (ConnectionResetError, RuntimeError):
             pass
-    except (ConnectionResetError, asyncio.CancelledError) as exc:
-        error = GatewayError(499, "client went away mid-stream", code="client_closed", retryable=False)
+    except asyncio.CancelledError:
         await _close(stream)
-        if isinstance(exc, asyncio.CancelledError):
+        if not ended_by_shutdown():
             raise
-        return response, error
+        error = shutting_down_error()
+        _, event = render(error)
+        try:
+            await response.write(event)
+        except (ConnectionResetError, RuntimeError):
+            pass
+    except ConnectionResetError:
+        await _close(stream)
+        return response, GatewayError(499, "client went away mid-stream", code="client_closed", retryable=False)
     except Exception:
         log.exception("stream failed", extra={"fields": {"request_id": ex.request_id}})
         error = GatewayError(500, "internal gateway error", code="internal_error", type="api_error")
@@ -191,6 +207,22 @@ async def _stream(
     except (ConnectionResetError, RuntimeError):
         pass
     return response, error
+
+
+def shutting_down_error() -> GatewayError:
+    return GatewayError(
+        503, "the gateway is shutting down; retry the request", code="gateway_shutting_down", type="api_error"
+    )
+
+
+def _ended_by_shutdown(gateway: Gateway) -> bool:
+    """True when the drain deadline cancelled this handler: the cancel is taken back so the
+    client still gets an answer (an error event for a stream) and the request is accounted."""
+    task = asyncio.current_task()
+    if not gateway.shutting_down or task is None:
+        return False
+    task.uncancel()
+    return True
 
 
 async def _prepare_coalesced(request: web.Request, response: web.StreamResponse) -> None:

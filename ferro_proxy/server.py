@@ -63,7 +63,15 @@ class Running:
             await asyncio.sleep(0.05)
         left = gateway.in_flight
         if left > 0:
-            log.warning("drain timed out with %d requests in flight", int(left))
+            log.warning("drain timed out with %d requests in flight: ending them", int(left))
+            gateway.shutting_down = True
+            for task in list(gateway.handler_tasks):
+                task.cancel()
+            end_by = time.monotonic() + 1.0
+            while gateway.handler_tasks and time.monotonic() < end_by:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        # Whatever is left has had its deadline: aiohttp must not wait its own 60 s for it.
+        self.proxy_runner._shutdown_timeout = 0.5
         await self.proxy_runner.cleanup()
         await gateway.close()
         await self.admin_runner.cleanup()
