@@ -19,15 +19,18 @@ connections that follow it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from ferro_proxy.config import ListenerConfig
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.metrics import Metrics
+from ferro_proxy.redaction import redact_text
 
 REFUSED_LINGER = 2.0  # seconds a refused connection may still send (discarded) before we close
 _REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
@@ -72,6 +75,21 @@ def full_error() -> GatewayError:
     )
 
 
+_bad_log = logging.getLogger("ferro_proxy.http")
+
+BAD_REQUEST_REASONS = ("malformed_http", "content_encoding", "too_large", "other")
+
+
+def bad_request_reason(status: int, exc: BaseException | None) -> str:
+    if isinstance(exc, ContentEncodingError):
+        return "content_encoding"
+    if status == 413 or isinstance(exc, LineTooLong):
+        return "too_large"
+    if isinstance(exc, BadHttpMessage):
+        return "malformed_http"
+    return "other"
+
+
 class ConnectionGuard:
     """One listener's live limits, its count of open connections and its metrics."""
 
@@ -91,6 +109,12 @@ class ConnectionGuard:
             reason: closed.labels(listener, reason)
             for reason in ("max_connections", "header_timeout", "body_timeout")
         }
+        bad = metrics.counter(
+            "ferro_bad_requests_total",
+            "Requests refused at the HTTP layer for a client mistake (malformed head, undecodable body)",
+            ["listener", "reason"],
+        )
+        self.bad = {reason: bad.labels(listener, reason) for reason in BAD_REQUEST_REASONS}
 
     def opened(self) -> None:
         self.active += 1
@@ -102,6 +126,9 @@ class ConnectionGuard:
 
 
 class GuardedRequestHandler(RequestHandler):
+    """aiohttp's handler with the listener's limits, and client mistakes that aiohttp's own
+    parser refuses answered in OpenAI's error shape and logged at info, not error."""
+
     __slots__ = ("_guard", "_limits", "_head_timer", "_body_timer", "_body", "_counted", "_refused")
 
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
@@ -115,6 +142,43 @@ class GuardedRequestHandler(RequestHandler):
         self._body: Any = None  # the payload of the latest request head
         self._counted = False
         self._refused: asyncio.TimerHandle | None = None
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError | BadHttpMessage):  # the client's body or head, not our bug
+            _bad_log.info("dropped the rest of an undecodable request body")
+            return
+        super().log_exception(*args, **kw)
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            if request.writer.output_size > 0:
+                raise ConnectionError("the response was already started")
+            self.log_exception("unhandled error serving a request", exc_info=exc)
+            err = GatewayError(500, "internal gateway error", code="internal_error", type="api_error")
+        else:
+            reason = bad_request_reason(status, exc)
+            self._guard.bad[reason].inc()
+            _bad_log.info(
+                "refused a malformed request", extra={"fields": {"status": status, "reason": reason}}
+            )
+            if request.writer.output_size > 0:
+                raise ConnectionError("the response was already started")
+            if reason == "content_encoding":
+                text = "the request's Content-Encoding is not supported (use gzip, deflate or none)"
+            else:
+                detail = exc.message if isinstance(exc, HttpProcessingError) else message or ""
+                text = f"malformed request: {redact_text(str(detail))}"[:300]
+            err = GatewayError(status, text, code=f"bad_request_{reason}")
+        response = web.Response(status=err.status, body=err.body(), content_type="application/json")
+        response.force_close()
+        return response
 
     # ------------------------------------------------------------ connection
 

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from ferro_proxy.cors import cors_middleware
 from ferro_proxy.errors import GatewayError, bad_request
@@ -54,25 +55,25 @@ async def read_capped(request: web.Request, limit: int) -> bytes:
         raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
     chunks: list[bytes] = []
     size = 0
-    async for data in request.content.iter_any():
-        size += len(data)
-        if size > limit:
-            raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
-        chunks.append(data)
+    try:
+        async for data in request.content.iter_any():
+            size += len(data)
+            if size > limit:
+                raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+            chunks.append(data)
+    except RequestPayloadError:
+        raise undecodable_body() from None
     return b"".join(chunks)
 
 
+def undecodable_body() -> GatewayError:
+    return bad_request(
+        "request body could not be decoded as its Content-Encoding says", code="invalid_content_encoding"
+    )
+
+
 async def read_json_body(request: web.Request, limit: int) -> tuple[bytes, Any]:
-    if request.content_length is not None and request.content_length > limit:
-        raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
-    chunks: list[bytes] = []
-    size = 0
-    async for data in request.content.iter_any():
-        size += len(data)
-        if size > limit:
-            raise GatewayError(413, f"request body is larger than {limit} bytes", code="request_too_large")
-        chunks.append(data)
-    raw = b"".join(chunks)
+    raw = await read_capped(request, limit)
     if not raw:
         raise bad_request("request body is empty; expected a JSON object", code="invalid_json")
     try:

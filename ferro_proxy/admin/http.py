@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import yaml
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ferro_proxy.admin.credentials import Principal, validator_for
 from ferro_proxy.errors import GatewayError, bad_request
@@ -107,7 +108,12 @@ async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 async def read_document(request: web.Request) -> Any:
     """A JSON (or YAML, by Content-Type) request body."""
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except RequestPayloadError:
+        raise bad_request(
+            "request body could not be decoded as its Content-Encoding says", code="invalid_content_encoding"
+        ) from None
     if not raw.strip():
         raise bad_request("request body is empty", code="invalid_json")
     try:
