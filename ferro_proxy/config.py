@@ -146,6 +146,10 @@ class ProviderSettings(Base):
     access_key_id: str | None = None
     secret_access_key: str | None = None
     session_token: str | None = None
+    # Bedrock: auto (the AWS chain) | static | bearer | web_identity | container | imds
+    credentials: str | None = None
+    # (Vertex AI: auto | service_account | api_key | application_credentials | metadata;
+    #  Azure OpenAI / Foundry: auto | api_key | entra)
     account_id: str | None = None  # Cloudflare Workers AI
 
 

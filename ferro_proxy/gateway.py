@@ -170,6 +170,10 @@ class Gateway:
                 if f not in (previous.chain.filters if previous else ()):
                     await f.start()
             await router.start()
+            kept = set(map(id, previous.providers.values())) if previous is not None else set()
+            for provider in providers.values():
+                if id(provider) not in kept:
+                    provider.start()
         except BaseException:
             self.catalog, self._catalog_source = catalog_before, source_before
             raise

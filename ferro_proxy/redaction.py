@@ -177,8 +177,39 @@ def register(value: str | None) -> int:
     return register_many((value,))
 
 
+# Credentials that are replaced over time (cloud session tokens, OAuth access tokens, a token
+# file kubelet rotates): per slot only the last ROTATING_KEPT generations stay registered, so a
+# pod that refreshes every hour for months does not grow its registry without bound.
+ROTATING_KEPT = 2
+_rotating: dict[str, list[tuple[str, ...]]] = {}
+
+
+def register_rotating(slot: str, *values: str | None) -> None:
+    """Register the current generation of `slot`'s secrets, forgetting generations older
+    than the previous one (which may still be quoted by a request in flight)."""
+    global _version
+    forms = tuple(
+        dict.fromkeys(
+            form for v in values if isinstance(v, str) for form in _forms(v) if len(form) >= MIN_SECRET_LEN
+        )
+    )
+    with _lock:
+        generations = _rotating.setdefault(slot, [])
+        if generations and generations[-1] == forms:
+            return
+        generations.append(forms)
+        del generations[:-ROTATING_KEPT]
+        _version += 1
+
+
+def _all_values() -> list[str]:
+    rotating = (form for gens in _rotating.values() for gen in gens for form in gen)
+    return list(dict.fromkeys([*_values, *rotating]))
+
+
 def registered_count() -> int:
-    return len(_values)
+    with _lock:
+        return len(_all_values())
 
 
 def _compiled() -> re.Pattern[str] | None:
@@ -186,7 +217,7 @@ def _compiled() -> re.Pattern[str] | None:
     global _known_text, _known_bytes, _compiled_version
     if _compiled_version != _version:
         with _lock:
-            values = sorted(_values, key=len, reverse=True)
+            values = sorted(_all_values(), key=len, reverse=True)
             version = _version
         known = "|".join(re.escape(v) for v in values)
         _known_text = re.compile(known) if known else None

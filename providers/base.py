@@ -128,6 +128,10 @@ class Provider:
             )
         return self._session
 
+    def start(self) -> None:
+        """Called once when a running gateway starts serving this provider (never for `validate`):
+        begin background work here, without blocking. `close` ends it."""
+
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()

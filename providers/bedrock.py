@@ -1,17 +1,17 @@
 """Amazon Bedrock: Converse / ConverseStream for chat (one translation for every model
 family), InvokeModel for Titan and Cohere embeddings and Titan Image / Nova Canvas images.
 
-Requests are SigV4-signed (providers/aws_sigv4.py) with static credentials from the config
-(`providers.bedrock.access_key_id` ...) or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
-AWS_SESSION_TOKEN. The stream is the binary AWS event stream, decoded incrementally and
-translated event by event.
+Requests are SigV4-signed (providers/aws_sigv4.py) with credentials from the AWS chain in
+providers/aws_credentials.py (static keys, web identity, container credentials, IMDSv2), or
+carry a Bedrock API key as a bearer token. The stream is the binary AWS event stream, decoded
+incrementally and translated event by event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -19,12 +19,14 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from ferro_proxy.config import ConfigError
 from ferro_proxy.errors import GatewayError, bad_request
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
 from ferro_proxy.safe_fetch import FetchError, SafeFetcher, image_fetch_failed
+from providers import aws_credentials as awsc
 from providers import translate_bedrock as tb
 from providers.aws_eventstream import EventStreamDecoder, EventStreamError
-from providers.aws_sigv4 import Credentials, sign
+from providers.aws_sigv4 import sign
 from providers.base import (
     Provider,
     ProviderSpec,
@@ -69,16 +71,44 @@ class BedrockProvider(Provider):
         extra = settings.extra
         self.region = extra.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.base_url = settings.base_url or f"https://bedrock-runtime.{self.region}.amazonaws.com"
-        access = extra.access_key_id or env.get("AWS_ACCESS_KEY_ID")
-        secret = extra.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY")
-        token = extra.session_token or env.get("AWS_SESSION_TOKEN") or None
-        self.credentials = Credentials(access, secret, token) if access and secret else None
+        try:
+            source = awsc.select(env, extra, self.region, setting=f"providers.{settings.name}")
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
+        self.bearer = source.token if isinstance(source, awsc.BearerToken) else None
+        self.credentials = (
+            awsc.CredentialCache(source, lambda: self.session, settings.name)
+            if isinstance(source, awsc.Source)
+            else None
+        )
         self._fetcher = SafeFetcher(lambda: gateway.config.fetch)
 
     # ------------------------------------------------------------ plumbing
 
     def health(self) -> dict[str, Any]:
-        return {"base_url_set": True, "key_configured": self.credentials is not None, "region": self.region}
+        auth = "bearer" if self.bearer else (self.credentials.source.kind if self.credentials else None)
+        return {"base_url_set": True, "key_configured": auth is not None, "region": self.region, "auth": auth}
+
+    def start(self) -> None:
+        if self.credentials is not None:
+            self.credentials.start()
+
+    async def _auth_headers(self, url: str, headers: dict[str, str], data: bytes) -> dict[str, str]:
+        if self.bearer:
+            return {"Authorization": "Bearer " + self.bearer}
+        if self.credentials is None:
+            raise GatewayError(
+                500,
+                "bedrock is enabled but found no AWS credentials: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_BEARER_TOKEN_BEDROCK, AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, "
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI or _RELATIVE_URI, or (EC2 instance profile) "
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT or providers.bedrock.credentials: imds",
+                code="provider_not_configured",
+                type="api_error",
+                provider=self.name,
+            )
+        creds = await self.credentials.get()
+        return sign("POST", url, headers, data, creds, self.region, SERVICE).headers
 
     def _url(self, model: str, action: str) -> str:
         return f"{self.base_url}/model/{quote(model, safe='')}/{action}"
@@ -86,18 +116,10 @@ class BedrockProvider(Provider):
     async def _post(
         self, model: str, action: str, payload: dict[str, Any], timeout: aiohttp.ClientTimeout, accept: str
     ) -> aiohttp.ClientResponse:
-        if self.credentials is None:
-            raise GatewayError(
-                500,
-                "bedrock is enabled but has no AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
-                code="provider_not_configured",
-                type="api_error",
-                provider=self.name,
-            )
         url = self._url(model, action)
         data = orjson.dumps(payload)
         headers = {"Content-Type": "application/json", "Accept": accept, **self.settings.headers}
-        headers.update(sign("POST", url, headers, data, self.credentials, self.region, SERVICE).headers)
+        headers.update(await self._auth_headers(url, headers, data))
         try:
             resp = await self.session.post(
                 URL(url, encoded=True), data=data, headers=headers, timeout=timeout
@@ -138,6 +160,8 @@ class BedrockProvider(Provider):
         return fmt, base64.b64encode(data).decode()
 
     async def close(self) -> None:
+        if self.credentials is not None:
+            await self.credentials.close()
         await self._fetcher.close()
         await super().close()
 
@@ -265,15 +289,23 @@ class BedrockProvider(Provider):
         return Reply(200, data=tb.images_response(data, body.get("response_format")))
 
 
+class BedrockSpec(ProviderSpec):
+    """Enabled by the environment when AWS_REGION is set (as before) or the AWS chain finds a
+    source there, judged from the variables alone: no I/O at start."""
+
+    def enabled_by_env(self, env: Mapping[str, str]) -> bool:
+        return bool(env.get("AWS_REGION")) or awsc.configured_kind(env) is not None
+
+
 register_provider(
-    ProviderSpec(
+    BedrockSpec(
         name="bedrock",
         display="Amazon Bedrock",
         factory=BedrockProvider,
         default_base_url="",  # https://bedrock-runtime.{region}.amazonaws.com, region known at build time
         env_key=None,
         env_base_url="BEDROCK_BASE_URL",
-        env_enables=("AWS_REGION", "AWS_ACCESS_KEY_ID"),
+        env_enables=("AWS_REGION", *awsc.ENABLING_VARIABLES),
         model_prefixes=(
             "anthropic.",
             "amazon.",

@@ -21,6 +21,8 @@ _loaded = False
 
 # Support modules that define no provider.
 _NOT_ADAPTERS = {"base", "registry", "catalog", "aws_sigv4", "aws_eventstream", "google_auth", "chat_shape"}
+_NOT_ADAPTERS |= {"token_cache", "gce_metadata", "google_external", "google_credentials", "entra_auth"}
+_NOT_ADAPTERS |= {"aws_credentials"}
 
 
 def register_provider(spec: ProviderSpec) -> ProviderSpec:

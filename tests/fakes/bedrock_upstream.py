@@ -2,7 +2,9 @@
 and InvokeModel for Titan/Cohere embeddings and Titan Image / Nova Canvas.
 
 It checks every request's SigV4 Authorization header by recomputing it with the secret
-(an independent implementation of the signing steps, not the gateway's module), and
+(an independent implementation of the signing steps, not the gateway's module), including
+`X-Amz-Security-Token` when `session_token` is set; a `Bearer` header (a Bedrock API key)
+is accepted only when it equals `bearer_token`. It also
 validates Converse bodies the way the real API does (ValidationException, HTTP 400):
 unknown fields, roles other than user/assistant, turns that do not alternate or start with
 the assistant, blank text, toolUse/toolResult without a toolConfig, bad image formats.
@@ -74,6 +76,7 @@ class FakeBedrock:
     access_key_id: str = "AKIDFAKEBEDROCK"
     secret_access_key: str = "fake/secret+key"
     session_token: str | None = None
+    bearer_token: str | None = None  # a Bedrock API key: `Authorization: Bearer <key>` instead of SigV4
     region: str = "us-east-1"
     reply_text: str = "Hello from fake Bedrock."
     script: list[dict[str, Any]] = field(default_factory=list)
@@ -107,6 +110,10 @@ class FakeBedrock:
 
     def _verify_signature(self, request: web.Request, body: bytes) -> None:
         auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            if self.bearer_token is None or not hmac.compare_digest(auth[7:], self.bearer_token):
+                raise Rejected(403, "UnrecognizedClientException", "Invalid API Key format")
+            return
         if not auth.startswith("AWS4-HMAC-SHA256 "):
             raise Rejected(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
         fields = dict(p.strip().split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 ") :].split(","))

@@ -207,3 +207,16 @@ def test_where_the_registry_gets_its_values():
     assert {ak, hdr, tok, dsn_pw, redis_pw} <= found
     assert pem in found
     assert not found & {"https://x/v1", "us-east-1", "fast", "rl:", "/etc/ferro/ca.key", "a@b"}
+
+
+def test_rotating_secrets_keep_only_the_last_two_generations() -> None:
+    from ferro_proxy import redaction
+
+    before = redaction.registered_count()
+    tokens = [f"session-token-generation-{i:04d}-abcdef" for i in range(50)]
+    for token in tokens:
+        redaction.register_rotating("test:rotating-slot", token)
+    assert redaction.registered_count() <= before + 2 * 3  # two generations, each with its quoted forms
+    assert redaction.redact_text(f"x {tokens[-1]} y") == f"x {redaction.REDACTED} y"
+    assert redaction.redact_text(f"x {tokens[-2]} y") == f"x {redaction.REDACTED} y"
+    assert tokens[0] in redaction.redact_text(f"x {tokens[0]} y")  # forgotten, by design
