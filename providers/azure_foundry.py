@@ -1,5 +1,6 @@
 """Azure AI Foundry (Azure AI Model Inference API): OpenAI-style chat completions and
-embeddings at `{endpoint}/models/chat/completions?api-version=...`, `api-key` header.
+embeddings at `{endpoint}/models/chat/completions?api-version=...`, `api-key` header, or an
+Entra ID bearer token (`providers.entra_auth`: client secret or AKS workload identity).
 
 Differences from OpenAI handled here: `max_completion_tokens` is sent as `max_tokens`;
 `stream_options` and `user` are not part of the API and are not sent (usage is read from
@@ -15,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ferro_proxy.exchange import Exchange
-from providers.base import ProviderSpec, ResolvedSettings, normalize_base_url
+from ferro_proxy.exchange import Exchange, Reply
+from providers import entra_auth
+from providers.base import ResolvedSettings, normalize_base_url
 from providers.openai_compat import OpenAICompatProvider
 from providers.registry import register_provider
 
@@ -69,13 +71,23 @@ class AzureFoundryProvider(OpenAICompatProvider):
         self.api_version = (
             settings.extra.api_version or settings.env.get("AZURE_FOUNDRY_API_VERSION") or DEFAULT_API_VERSION
         )
+        self.entra = entra_auth.for_provider(settings)
 
     def url(self, endpoint: str, model: str) -> str:
         return f"{self.base_url}{_PATHS[endpoint]}?api-version={self.api_version}"
 
     def auth_headers(self, ex: Exchange) -> dict[str, str]:
+        if self.entra is not None:
+            return self.entra.headers()
         key = self.api_key_for(ex)
         return {"api-key": key} if key else {}
+
+    def has_own_credentials(self) -> bool:
+        return self.entra is not None or super().has_own_credentials()
+
+    def start(self) -> None:
+        if self.entra is not None:
+            self.entra.start(self.session)
 
     def request_headers(self, ex: Exchange) -> dict[str, str]:
         headers = super().request_headers(ex)
@@ -92,14 +104,30 @@ class AzureFoundryProvider(OpenAICompatProvider):
             native.setdefault("max_tokens", limit)
         known = _CHAT_PARAMS if endpoint == "chat" else _EMBED_PARAMS
         ex.metadata[_EXTRA_FLAG] = any(k not in known for k in native)
+        if self.entra is not None:  # auth_headers is synchronous: have the token first
+            await self.entra.ensure(self.session)
         return await super()._post(ex, endpoint, native, timeout)
 
+    async def passthrough(self, ex: Exchange, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Reply:
+        if self.entra is not None:
+            await self.entra.ensure(self.session)
+        return await super().passthrough(ex, body, timeout)
+
     def health(self) -> dict[str, Any]:
-        return {"base_url_set": bool(self.base_url), "key_configured": bool(self.settings.api_key)}
+        return {
+            "base_url_set": bool(self.base_url),
+            "key_configured": bool(self.settings.api_key) or self.entra is not None,
+            "auth": "entra" if self.entra is not None else "api_key",
+        }
+
+    async def close(self) -> None:
+        if self.entra is not None:
+            await self.entra.close()
+        await super().close()
 
 
 register_provider(
-    ProviderSpec(
+    entra_auth.EntraEnabledSpec(
         name="azure-foundry",
         display="Azure AI Foundry",
         factory=AzureFoundryProvider,

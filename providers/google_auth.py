@@ -2,13 +2,12 @@
 
 A JWT naming the service account (`iss`), the token endpoint (`aud`) and the scope is signed
 locally with the account's RSA key (RS256), exchanged at the account's `token_uri`, and the
-access token is cached until shortly before it expires. One refresh runs at a time; the
-requests waiting for it share its result. `cryptography` is imported only when signing.
+access token is cached and refreshed before it expires (`providers.token_cache`).
+`cryptography` is imported only when signing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from dataclasses import dataclass
@@ -18,13 +17,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ferro_proxy.errors import GatewayError
+from providers.token_cache import CachedToken, auth_error, call_json, error_reason, lifetime_from
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ASSERTION_LIFETIME = 3600  # seconds; Google accepts at most one hour
-REFRESH_MARGIN = 60  # refresh this long before the token expires
+SOURCE = "service account"
 
 
 def _b64url(data: bytes) -> str:
@@ -37,6 +36,7 @@ class ServiceAccount:
     private_key: str  # PEM
     private_key_id: str | None = None
     token_uri: str = DEFAULT_TOKEN_URI
+    project_id: str | None = None
 
     @classmethod
     def from_setting(cls, value: str) -> ServiceAccount:
@@ -56,6 +56,10 @@ class ServiceAccount:
             raise ValueError("the service account JSON is not valid JSON") from None
         if not isinstance(data, dict):
             raise ValueError("the service account JSON is not an object")
+        return cls.from_data(data)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> ServiceAccount:
         missing = [k for k in ("client_email", "private_key") if not data.get(k)]
         if missing:
             raise ValueError(f"the service account JSON lacks {', '.join(missing)}")
@@ -64,6 +68,7 @@ class ServiceAccount:
             private_key=str(data["private_key"]),
             private_key_id=data.get("private_key_id"),
             token_uri=str(data.get("token_uri") or DEFAULT_TOKEN_URI),
+            project_id=str(data["project_id"]) if data.get("project_id") else None,
         )
 
 
@@ -90,59 +95,23 @@ def signed_assertion(account: ServiceAccount, scope: str, now: int) -> str:
     return signing_input.decode() + "." + _b64url(signature)
 
 
-class TokenSource:
-    """Access tokens for one service account, cached until shortly before expiry."""
+def service_account_token(
+    account: ServiceAccount, provider: str, scope: str = CLOUD_PLATFORM_SCOPE
+) -> CachedToken:
+    """Access tokens for one service account (the JWT bearer grant), cached and refreshed early."""
 
-    def __init__(self, account: ServiceAccount, provider: str, scope: str = CLOUD_PLATFORM_SCOPE) -> None:
-        self.account = account
-        self.provider = provider
-        self.scope = scope
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock = asyncio.Lock()
-
-    def _fresh(self) -> bool:
-        return self._token is not None and time.time() < self._expires_at - REFRESH_MARGIN
-
-    async def token(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout) -> str:
-        if self._fresh():
-            assert self._token is not None
-            return self._token
-        async with self._lock:
-            if not self._fresh():  # another request may have refreshed it meanwhile
-                await self._refresh(session, timeout)
-            assert self._token is not None
-            return self._token
-
-    async def _refresh(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout) -> None:
-        now = int(time.time())
+    async def fetch(session: aiohttp.ClientSession) -> tuple[str, float]:
         try:
-            assertion = signed_assertion(self.account, self.scope, now)
+            assertion = signed_assertion(account, scope, int(time.time()))
         except ValueError as exc:
-            raise self._error(f"cannot sign the token request: {exc}") from None
+            raise auth_error(provider, SOURCE, f"cannot sign the token request: {exc}") from None
         form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
-        try:
-            async with session.post(self.account.token_uri, data=form, timeout=timeout) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._error(f"the token endpoint could not be reached ({type(exc).__name__})") from None
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        data = data if isinstance(data, dict) else {}
-        if status >= 400 or not data.get("access_token"):
-            reason = data.get("error_description") or data.get("error") or "no access_token in the answer"
-            raise self._error(f"the token exchange failed ({status}): {reason}")
-        self._token = str(data["access_token"])
-        self._expires_at = now + float(data.get("expires_in") or ASSERTION_LIFETIME)
-
-    def _error(self, message: str) -> GatewayError:
-        return GatewayError(
-            502,
-            f"{self.provider}: service account authentication failed: {message}",
-            code="upstream_auth_error",
-            type="api_error",
-            provider=self.provider,
+        status, data, _, _ = await call_json(
+            session, "POST", account.token_uri, data=form, provider=provider, source=SOURCE
         )
+        if status >= 400 or not isinstance(data, dict) or not data.get("access_token"):
+            reason = error_reason(data, status) if status >= 400 else "no access_token in the answer"
+            raise auth_error(provider, SOURCE, f"the token exchange failed ({status}): {reason}")
+        return str(data["access_token"]), lifetime_from(data.get("expires_in"), ASSERTION_LIFETIME)
+
+    return CachedToken(fetch, f"{provider} service account")

@@ -10,7 +10,7 @@ drops it again when the client did not ask for it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -20,9 +20,11 @@ from ferro_proxy.errors import GatewayError
 from ferro_proxy.exchange import Exchange, Reply, StreamChunk, Usage
 from ferro_proxy.proxy_path import check_target, upstream_url
 from ferro_proxy.sse import SSESplitter, classify
+from providers import entra_auth
 from providers.base import (
     Provider,
     ProviderSpec,
+    ResolvedSettings,
     parse_json_body,
     read_body,
     read_error,
@@ -31,6 +33,9 @@ from providers.base import (
     transport_error,
 )
 from providers.registry import register_provider
+
+if TYPE_CHECKING:
+    from ferro_proxy.gateway import Gateway
 
 _PATHS = {
     "chat": "/chat/completions",
@@ -221,7 +226,12 @@ async def _raw_bytes(resp: aiohttp.ClientResponse) -> AsyncIterator[StreamChunk]
 
 
 class AzureOpenAIProvider(OpenAICompatProvider):
-    """Azure OpenAI: deployment URLs, `api-key` header, `api-version` query."""
+    """Azure OpenAI: deployment URLs, `api-key` header (or an Entra ID bearer token,
+    `providers.entra_auth`), `api-version` query."""
+
+    def __init__(self, settings: ResolvedSettings, gateway: Gateway) -> None:
+        super().__init__(settings, gateway)
+        self.entra = entra_auth.for_provider(settings)
 
     def url(self, endpoint: str, model: str) -> str:
         extra = self.settings.extra
@@ -231,8 +241,41 @@ class AzureOpenAIProvider(OpenAICompatProvider):
         return f"{self.settings.base_url}/openai/deployments/{deployment}{_PATHS[endpoint]}?api-version={version}"
 
     def auth_headers(self, ex: Exchange) -> dict[str, str]:
+        if self.entra is not None:
+            return self.entra.headers()
         key = self.api_key_for(ex)
         return {"api-key": key} if key else {}
+
+    async def _post(
+        self, ex: Exchange, endpoint: str, body: dict[str, Any], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        if self.entra is not None:  # auth_headers is synchronous: have the token first
+            await self.entra.ensure(self.session)
+        return await super()._post(ex, endpoint, body, timeout)
+
+    async def passthrough(self, ex: Exchange, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Reply:
+        if self.entra is not None:
+            await self.entra.ensure(self.session)
+        return await super().passthrough(ex, body, timeout)
+
+    def has_own_credentials(self) -> bool:
+        return self.entra is not None or super().has_own_credentials()
+
+    def start(self) -> None:
+        if self.entra is not None:
+            self.entra.start(self.session)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "base_url_set": bool(self.settings.base_url),
+            "key_configured": bool(self.settings.api_key) or self.entra is not None,
+            "auth": "entra" if self.entra is not None else "api_key",
+        }
+
+    async def close(self) -> None:
+        if self.entra is not None:
+            await self.entra.close()
+        await super().close()
 
     def serves(self, model: str) -> bool:
         return True  # deployments carry arbitrary names
@@ -344,14 +387,15 @@ compatible_spec(
     version_segment="/v1",
     open_models=True,
 )
-compatible_spec(
-    "azure-openai",
-    "Azure OpenAI",
-    "",
-    (),
-    _ALL,
-    (),
-    factory=AzureOpenAIProvider,
-    env_base_url="AZURE_OPENAI_ENDPOINT",
-    env_required=("AZURE_OPENAI_ENDPOINT",),
+register_provider(
+    entra_auth.EntraEnabledSpec(
+        name="azure-openai",
+        display="Azure OpenAI",
+        factory=AzureOpenAIProvider,
+        default_base_url="",
+        env_key="AZURE_OPENAI_API_KEY",
+        env_base_url="AZURE_OPENAI_ENDPOINT",
+        env_required=("AZURE_OPENAI_ENDPOINT",),
+        capabilities=_ALL,
+    )
 )

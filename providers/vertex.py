@@ -3,25 +3,30 @@
 (and `:streamGenerateContent?alt=sse`, `:predict` for text embeddings and Imagen), sharing
 the Gemini translation.
 
-Enabled by VERTEX_AI_PROJECT_ID + VERTEX_AI_REGION + (VERTEX_AI_API_KEY or
-VERTEX_AI_SERVICE_ACCOUNT_JSON, a path or the JSON itself). A service account wins over an
-API key: its OAuth2 token is sent as a bearer token; a key goes in `x-goog-api-key`.
-The default base is `https://{region}-aiplatform.googleapis.com` (`{region}` is filled in).
+Enabled by VERTEX_AI_REGION + a credential: VERTEX_AI_PROJECT_ID with VERTEX_AI_API_KEY or
+VERTEX_AI_SERVICE_ACCOUNT_JSON (a path or the JSON itself), or GOOGLE_APPLICATION_CREDENTIALS,
+or the metadata server when told to use it (`providers.google_credentials` has the order).
+OAuth2 tokens are sent as bearer tokens; a key goes in `x-goog-api-key`. The project comes
+from VERTEX_AI_PROJECT_ID, else the credentials file, else the metadata server (asked once,
+on first use). The default base is `https://{region}-aiplatform.googleapis.com`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ferro_proxy.config import ConfigError
+from ferro_proxy.config import ConfigError, TimeoutConfig
 from ferro_proxy.exchange import Exchange, Reply, Usage
+from providers import google_credentials
 from providers import translate_gemini as tg
 from providers.base import ProviderSpec, ResolvedSettings, record_usage
+from providers.gce_metadata import MetadataServer
 from providers.gemini import GoogleGenAIProvider
-from providers.google_auth import ServiceAccount, TokenSource
 from providers.registry import register_provider
+from providers.token_cache import CachedToken
 
 if TYPE_CHECKING:
     from ferro_proxy.gateway import Gateway
@@ -38,8 +43,6 @@ VERTEX_MODELS = (
     "imagen-3.0-generate-002",
     "imagen-4.0-generate-001",
 )
-# Token requests get their own short budget, apart from the model call's.
-_TOKEN_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
 class VertexAIProvider(GoogleGenAIProvider):
@@ -51,17 +54,20 @@ class VertexAIProvider(GoogleGenAIProvider):
         self.project = extra.project or env.get("VERTEX_AI_PROJECT_ID") or ""
         self.region = extra.region or env.get("VERTEX_AI_REGION") or ""
         problems = []
-        if not self.project:
-            problems.append("providers.vertex-ai.project: set it or VERTEX_AI_PROJECT_ID")
         if not self.region:
             problems.append("providers.vertex-ai.region: set it or VERTEX_AI_REGION")
-        self.tokens: TokenSource | None = None
-        account_setting = extra.service_account_json or env.get("VERTEX_AI_SERVICE_ACCOUNT_JSON")
-        if account_setting:
-            try:
-                self.tokens = TokenSource(ServiceAccount.from_setting(account_setting), settings.name)
-            except ValueError as exc:
-                problems.append(f"providers.vertex-ai.service_account_json: {exc}")
+        self.auth_kind = "none"
+        self.tokens: CachedToken | None = None
+        self._metadata: MetadataServer | None = None
+        try:
+            creds = google_credentials.resolve(settings.name, extra, env, settings.api_key)
+        except ValueError as exc:
+            problems.append(f"providers.vertex-ai.{exc}")
+        else:
+            self.auth_kind, self.tokens, self._metadata = creds.kind, creds.tokens, creds.metadata
+            self.project = self.project or creds.project_id or ""
+        if not self.project and self._metadata is None:
+            problems.append("providers.vertex-ai.project: set it or VERTEX_AI_PROJECT_ID")
         if problems:
             raise ConfigError(problems)
         host = (
@@ -79,9 +85,14 @@ class VertexAIProvider(GoogleGenAIProvider):
             f"/publishers/google/models/{model}:{method}"
         )
 
+    async def send(self, ex: Exchange, body: dict[str, Any], timeout: TimeoutConfig | None = None) -> Reply:
+        if not self.project and self._metadata is not None:
+            self.project = await self._metadata.project_id(self.session)  # once: it never changes
+        return await super().send(ex, body, timeout)
+
     async def auth_headers(self, ex: Exchange) -> dict[str, str]:
         if self.tokens is not None:
-            return {"Authorization": "Bearer " + await self.tokens.token(self.session, _TOKEN_TIMEOUT)}
+            return {"Authorization": "Bearer " + await self.tokens.get(self.session)}
         key = self.api_key_for(ex)
         return {"x-goog-api-key": key} if key else {}
 
@@ -101,12 +112,32 @@ class VertexAIProvider(GoogleGenAIProvider):
         return {
             "base_url_set": bool(self.base),
             "key_configured": bool(self.settings.api_key) or self.tokens is not None,
-            "auth": "service_account" if self.tokens is not None else "api_key",
+            "auth": self.auth_kind,
         }
+
+    def start(self) -> None:
+        if self.tokens is not None:
+            self.tokens.prefetch(self.session)
+
+    async def close(self) -> None:
+        if self.tokens is not None:
+            await self.tokens.close()
+        await super().close()
+
+
+class VertexSpec(ProviderSpec):
+    """Enabled as before (region, project and a key or service account), or by an ambient
+    credential the environment names (GOOGLE_APPLICATION_CREDENTIALS, the metadata server);
+    judged from the variables alone, no I/O at start."""
+
+    def enabled_by_env(self, env: Mapping[str, str]) -> bool:
+        return super().enabled_by_env(env) or (
+            bool(env.get("VERTEX_AI_REGION")) and google_credentials.enabled_by_env(env)
+        )
 
 
 register_provider(
-    ProviderSpec(
+    VertexSpec(
         name="vertex-ai",
         display="Google Vertex AI",
         factory=VertexAIProvider,

@@ -1,7 +1,8 @@
 """A fake Azure AI Foundry endpoint (Azure AI Model Inference API) on loopback.
 
 Routes `/models/chat/completions` and `/models/embeddings`, each requiring `api-version`
-in the query and the key in the `api-key` header (401 otherwise). As the reference says,
+in the query and the key in the `api-key` header, or an Entra ID token in
+`Authorization: Bearer` (one of `bearer_tokens`; 401 otherwise). As the reference says,
 a body parameter outside the API's set is refused (400) unless the request carries
 `extra-parameters: pass-through`. Errors use `{"error": {"code", "message", "status"}}`.
 Answers come from the OpenAI-shaped fake (the API's bodies are OpenAI's shape).
@@ -9,7 +10,7 @@ Answers come from the OpenAI-shaped fake (the API's bodies are OpenAI's shape).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
@@ -41,6 +42,7 @@ class FakeAzureFoundry(FakeOpenAI):
     name: str = "fake-azure-foundry"
     api_key: str = "foundry-test-key"
     reply_text: str = "Hello from fake Foundry."
+    bearer_tokens: set[str] = field(default_factory=set)  # Entra ID tokens it accepts
 
     @property
     def endpoint(self) -> str:
@@ -66,7 +68,9 @@ class FakeAzureFoundry(FakeOpenAI):
     async def _check(self, request: web.Request, allowed: set[str]) -> web.Response | None:
         if request.query.get("api-version") not in API_VERSIONS:
             return self._error(400, "BadRequest", "Missing or unsupported api-version query parameter")
-        if request.headers.get("api-key") != self.api_key:
+        auth = request.headers.get("Authorization", "")
+        entra_ok = auth.startswith("Bearer ") and auth[7:] in self.bearer_tokens
+        if request.headers.get("api-key") != self.api_key and not entra_ok:
             return self._error(
                 401, "Unauthorized", "Access denied due to invalid subscription key or wrong API endpoint."
             )
