@@ -29,6 +29,7 @@ from ferro_proxy.config import FetchConfig
 from ferro_proxy.errors import GatewayError
 from ferro_proxy.jsonlog import log_fields, scrub
 from ferro_proxy.netpolicy import IPAddress, is_public_address
+from ferro_proxy.url_redact import url_origin
 
 log = logging.getLogger("ferro_proxy.safe_fetch")
 
@@ -108,15 +109,6 @@ def image_fetch_failed() -> GatewayError:
     return GatewayError(
         400, "image could not be fetched", code="image_fetch_failed", param="messages", retryable=False
     )
-
-
-def _where(url: str) -> str:
-    """What a log line may say about the URL: scheme and host, no path, query or userinfo."""
-    try:
-        u = URL(url)
-        return scrub(f"{u.scheme}://{u.raw_host}") if u.raw_host else "?"
-    except (ValueError, TypeError):
-        return "?"
 
 
 class FetchError(Exception):
@@ -229,5 +221,5 @@ class SafeFetcher:
     @staticmethod
     def _log(url: str, reason: str) -> None:
         log_fields(
-            log, logging.INFO, "outbound fetch refused or failed", where=_where(url), reason=scrub(reason)
+            log, logging.INFO, "outbound fetch refused or failed", where=scrub(url_origin(url)), reason=scrub(reason)
         )

@@ -24,6 +24,7 @@ import orjson
 
 from ferro_proxy import redaction
 from ferro_proxy.errors import GatewayError
+from ferro_proxy.url_redact import url_origin
 
 log = logging.getLogger("ferro_proxy.providers.tokens")
 
@@ -181,9 +182,3 @@ def error_reason(data: Any, status: int) -> str:
         if text:
             return str(text).splitlines()[0][:300]  # Entra appends trace and correlation ids
     return f"answered {status}"
-
-
-def url_origin(url: str) -> str:
-    """scheme://host[:port] of a URL: what an error may name (never a path or query)."""
-    scheme, sep, rest = url.partition("://")
-    return scheme + sep + rest.split("/", 1)[0].rsplit("@", 1)[-1] if sep else "the endpoint"

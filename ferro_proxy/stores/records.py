@@ -170,12 +170,18 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
-def _strings(value: Any, name: str) -> list[str]:
+def _decoded(value: Any, name: str) -> Any:
+    """A field stored as JSON text, decoded (a value the driver already decoded passes as is)."""
     if isinstance(value, str | bytes):
         try:
-            value = orjson.loads(value)
+            return orjson.loads(value)
         except orjson.JSONDecodeError:
             raise UndecodableRecord(f"{name}: not JSON") from None
+    return value
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    value = _decoded(value, name)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise UndecodableRecord(f"{name}: not a list of strings")
     return list(value)
@@ -253,16 +259,17 @@ class AuditEntry:
         }
 
 
+def _json_object(value: Any, name: str) -> dict[str, Any]:
+    """A stored JSON object (as text or already decoded), or UndecodableRecord naming the field."""
+    value = _decoded(value, name)
+    if not isinstance(value, dict):
+        raise UndecodableRecord(f"{name}: not an object")
+    return value
+
+
 def version_from_fields(row: Mapping[str, Any]) -> ConfigVersion:
     """A config version from stored fields (the document as JSON text), each checked."""
-    document = row.get("document")
-    if isinstance(document, str | bytes):
-        try:
-            document = orjson.loads(document)
-        except orjson.JSONDecodeError:
-            raise UndecodableRecord("document: not JSON") from None
-    if not isinstance(document, dict):
-        raise UndecodableRecord("document: not an object")
+    document = _json_object(row.get("document"), "document")
     return ConfigVersion(
         version=_int(row.get("version"), "version", required=True) or 0,
         document=document,
@@ -275,14 +282,7 @@ def version_from_fields(row: Mapping[str, Any]) -> ConfigVersion:
 
 
 def audit_from_fields(row: Mapping[str, Any]) -> AuditEntry:
-    detail = row.get("detail")
-    if isinstance(detail, str | bytes):
-        try:
-            detail = orjson.loads(detail)
-        except orjson.JSONDecodeError:
-            raise UndecodableRecord("detail: not JSON") from None
-    if not isinstance(detail, dict):
-        raise UndecodableRecord("detail: not an object")
+    detail = _json_object(row.get("detail"), "detail")
     return AuditEntry(
         id=_int(row.get("id"), "id", required=True) or 0,
         ts=_time(row.get("ts"), "ts", required=True) or 0.0,
