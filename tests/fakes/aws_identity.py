@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback_server import LoopbackServer
+
 STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 
 
@@ -38,36 +40,13 @@ def _expiration(lifetime: float) -> str:
 
 
 @dataclass
-class _Fake:
+class _Fake(LoopbackServer):
     lifetime: float = 3600.0
     on_issue: Callable[[Issued], None] | None = None
     issued: list[Issued] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     fail_next: int = 0  # answer this many calls with a server error
     delay: float = 0.0
-    runner: web.AppRunner | None = None
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def routes(self, app: web.Application) -> None:
-        raise NotImplementedError
-
-    async def start(self) -> Any:
-        app = web.Application()
-        self.routes(app)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
     def issue(self, prefix: str) -> Issued:
         n = len(self.issued) + 1

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.loopback_server import LoopbackServer
 from tests.fakes.openai_upstream import FakeOpenAI
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -40,33 +41,13 @@ COGNITIVE_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
 @dataclass
-class _Server:
-    runner: web.AppRunner | None = None
-    port: int = 0
+class _Server(LoopbackServer):
     hold: asyncio.Event | None = None
-
-    def routes(self, app: web.Application) -> None:
-        raise NotImplementedError
-
-    async def start(self) -> Any:
-        app = web.Application()
-        self.routes(app)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-        return self
 
     async def stop(self) -> None:
         if self.hold is not None:
             self.hold.set()
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        await super().stop()
 
     async def _wait(self) -> None:
         if self.hold is not None:
